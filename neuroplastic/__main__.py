@@ -1,0 +1,7 @@
+"""``python -m neuroplastic`` = the ``neuroplastic`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

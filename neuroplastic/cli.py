@@ -1,0 +1,141 @@
+"""The ``neuroplastic`` command line (also ``python -m neuroplastic``).
+
+``neuroplastic run [CONFIG.toml] [--method M[+M...][,M...]] [--dataset ...] ...`` runs
+continual experiments (no arguments: the embedded default on permuted digits);
+``neuroplastic bench peers|kernels`` runs the performance comparisons.
+Bad input prints one line ``neuroplastic: error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from .errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too; keep it short)
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="neuroplastic", description="Spiking neural networks that keep learning.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    r = sub.add_parser("run", help="run a continual-learning experiment")
+    r.add_argument("config", nargs="?", help="TOML config (default: the embedded permuted-digits run)")
+    r.add_argument("--method", help="method(s): a+b composes plugins, a,b runs them side by side")
+    r.add_argument("--dataset", choices=["digits", "mnist", "shd"])
+    r.add_argument("--data-dir", help="directory with the dataset files (mnist, shd)")
+    r.add_argument("--stream", choices=["permuted", "split"])
+    r.add_argument("--tasks", type=int)
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--trainer", choices=["bptt", "online"])
+    r.add_argument("--sparsity", type=float, help="final sparsity of sparse methods (0..1)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--out", help="run directory (default runs/<name>)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    b = sub.add_parser("bench", help="performance comparisons")
+    b.add_argument("what", choices=["peers", "kernels"])
+    b.add_argument("--json", help="write the rows as JSON to this file")
+    b.add_argument("--quick", action="store_true", help="fewer repetitions")
+    return p
+
+
+def _apply_overrides(cfg, a):
+    from .config import DataConfig, config_from_dict
+
+    data = {}
+    if a.dataset:
+        data["dataset"] = a.dataset
+    if a.data_dir:
+        data["data_dir"] = a.data_dir
+    if a.stream:
+        data["stream"] = a.stream
+    if a.tasks is not None:
+        data["tasks"] = a.tasks
+    if data:
+        cfg = replace(cfg, data=DataConfig(**{**cfg.data.__dict__, **data}))
+    train = {}
+    if a.epochs is not None:
+        train["epochs"] = a.epochs
+    if a.trainer:
+        train["trainer"] = a.trainer
+    if train:
+        cfg = replace(cfg, train=type(cfg.train)(**{**cfg.train.__dict__, **train}))
+    if a.method:
+        cfg = replace(cfg, methods=[m.strip() for m in a.method.split(",") if m.strip()])
+    if a.seed is not None:
+        cfg = replace(cfg, seed=a.seed)
+    if a.out:
+        cfg = replace(cfg, out=a.out)
+    if a.quiet:
+        cfg = replace(cfg, quiet=True)
+    if a.sparsity is not None:
+        if not 0 <= a.sparsity < 1:
+            raise UserError(f"--sparsity must be in [0, 1), got {a.sparsity}")
+        sparse = [n for m in cfg.methods for n in m.split("+") if n in SPARSE_METHODS]
+        if not sparse:
+            raise UserError("--sparsity needs a sparse method in --method (e.g. granet)")
+        plugins = dict(cfg.plugins)
+        for n in set(sparse):
+            plugins[n] = {**plugins.get(n, {}), "sparsity": a.sparsity}
+        cfg = replace(cfg, plugins=plugins)
+    # re-validate the whole thing (plugin sections, methods)
+    from .config import to_toml
+
+    import tomllib  # noqa: I001
+
+    return config_from_dict(tomllib.loads(to_toml(cfg)))
+
+
+SPARSE_METHODS = ("granet", "gmp", "rigl", "set", "static")
+
+
+def _cmd_run(a) -> int:
+    from .config import RunConfig, load_config
+    from .continual import run
+    from .defaults import default_config
+
+    cfg = load_config(a.config) if a.config else default_config()
+    if not a.config and not a.out:
+        cfg = replace(cfg, out="runs/default")
+    cfg = _apply_overrides(cfg, a)
+    assert isinstance(cfg, RunConfig)
+    run(cfg)
+    return 0
+
+
+def _cmd_bench(a) -> int:
+    argv = ["--json", a.json] if a.json else []
+    if a.quick:
+        argv.append("--quick")
+    if a.what == "peers":
+        from .bench.peers import main as bench_main
+    else:
+        from .bench.kernels import main as bench_main
+    return bench_main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input)."""
+    try:
+        a = build_parser().parse_args(argv)
+        if a.command is None:
+            build_parser().print_help()
+            return 2
+        return {"run": _cmd_run, "bench": _cmd_bench}[a.command](a)
+    except UserError as exc:
+        print(f"neuroplastic: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuroplastic: interrupted (checkpoints up to the last finished task are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

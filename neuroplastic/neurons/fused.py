@@ -1,0 +1,91 @@
+r"""Fused multi-step LIF: one forward loop and one hand-written backward over all T.
+
+Autograd through a Python loop of T steps records ~10 nodes per step; here the whole
+``[T, B, ...]`` sequence is a single autograd node. Forward (no graph):
+
+.. math::
+    v^{pre}_t = a v_{t-1} + (1-a) v_{leak} + g I_t,\quad z_t = H(v^{pre}_t - \vartheta),\quad
+    v_t = \mathrm{reset}(v^{pre}_t, z_t)
+
+Backward (BPTT), with :math:`\sigma'_t = \sigma'(v^{pre}_t - \vartheta)` and
+:math:`\bar v_t = \partial L/\partial v_t = a\, \partial L / \partial v^{pre}_{t+1}`:
+
+* subtract, detached reset: :math:`\partial L/\partial v^{pre}_t = \bar z_t \sigma'_t + \bar v_t`
+* subtract, attached:       :math:`(\bar z_t - \vartheta \bar v_t)\sigma'_t + \bar v_t`
+* zero, detached:           :math:`\bar z_t \sigma'_t + (1 - z_t)\bar v_t`
+* zero, attached:           :math:`(\bar z_t + (v_{reset} - v^{pre}_t)\bar v_t)\sigma'_t + (1-z_t)\bar v_t`
+
+and :math:`\partial L/\partial I_t = g\, \partial L/\partial v^{pre}_t`. Identical (to float
+rounding) to autograd through :func:`.functional.lif_step`; parameters here are constants
+(learnable ones use the autograd path).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..surrogate import Surrogate
+
+__all__ = ["lif_multistep_fused"]
+
+
+class _FusedLIF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset):  # type: ignore[override]
+        drive = gain * x
+        if not (isinstance(v_leak, float | int) and v_leak == 0):
+            drive = drive + (1 - a) * v_leak
+        v_pre_all = torch.empty_like(drive)
+        z_all = torch.empty_like(drive)
+        v = v0
+        reset_value = torch.as_tensor(v_reset, dtype=drive.dtype, device=drive.device)
+        subtract = reset == "subtract"
+        for t in range(x.shape[0]):
+            v_pre = torch.add(drive[t], v, alpha=a) if isinstance(a, float) else drive[t] + a * v
+            v_pre_all[t] = v_pre
+            z = v_pre > v_th
+            z_all[t] = z
+            if subtract:
+                v = v_pre - z * v_th
+            else:
+                v = torch.where(z, reset_value, v_pre)
+        ctx.save_for_backward(v_pre_all)
+        ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
+        ctx.v0_needs_grad = v0.requires_grad
+        ctx.mark_non_differentiable(v_pre_all, v)
+        return z_all, v_pre_all, v
+
+    @staticmethod
+    def backward(ctx, gz, _gv_pre, _gv):  # type: ignore[override]
+        (v_pre_all,) = ctx.saved_tensors
+        a, gain, v_th, v_reset, surrogate, reset, detach_reset = ctx.params
+        sg = surrogate.grad(v_pre_all - v_th)
+        gsg = gz * sg
+        d_pre = torch.empty_like(gsg)
+        dv = None
+        for t in range(gsg.shape[0] - 1, -1, -1):
+            if dv is None:
+                dp = gsg[t]
+            elif reset == "subtract":
+                dp = gsg[t] + dv if detach_reset else gsg[t] - v_th * dv * sg[t] + dv
+            else:
+                keep = (v_pre_all[t] <= v_th).to(gsg.dtype)
+                dp = gsg[t] + keep * dv
+                if not detach_reset:
+                    dp = dp + (v_reset - v_pre_all[t]) * dv * sg[t]
+            d_pre[t] = dp
+            dv = a * dp
+        gx = gain * d_pre
+        gv0 = dv if ctx.v0_needs_grad else None
+        return gx, gv0, None, None, None, None, None, None, None, None
+
+
+def lif_multistep_fused(
+    x: torch.Tensor, v0: torch.Tensor, a, gain, v_leak, v_th, v_reset, surrogate: Surrogate,
+    reset: str = "subtract", detach_reset: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-step LIF over ``x [T, B, ...]`` as one autograd node.
+
+    Returns ``(z [T,...], v_pre [T,...], v_final)``; only ``z`` carries gradient.
+    """
+    return _FusedLIF.apply(x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset)
