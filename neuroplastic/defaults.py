@@ -15,7 +15,7 @@ DEFAULT = {
     "out": "runs/default",
     "data": {"dataset": "digits", "stream": "permuted", "tasks": 5},
     "model": {"arch": "mlp", "hidden": [256], "neuron": "lif", "tau_mem": 2e-3, "dt": 1e-3},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "time_steps": 6},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "time_steps": 6},
 }
 
 

@@ -21,22 +21,48 @@ __all__ = ["Synapse", "Linear", "Conv2d", "AvgPool2d", "MaxPool2d", "Flatten", "
 
 
 class Synapse:
-    """Mixin: presynaptic capture for plugins."""
+    """Mixin: presynaptic capture and an optional connectivity mask for plugins.
+
+    A sparse synapse is a dense one with a boolean ``mask`` buffer (same shape as
+    ``weight``): the forward pass uses ``weight * mask`` and ``mask_version`` counts mask
+    changes so kernels can rebuild their CSR view only when it changed.
+    """
 
     capture: bool = False
     last_input: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    mask_version: int = 0
 
     def _keep(self, x: torch.Tensor) -> None:
         if self.capture:
             self.last_input = x.detach()
 
-
-class Linear(nn.Linear, Synapse):
-    """Dense linear synapse ``[T, B, N_in] -> [T, B, N_out]`` (``weight`` is ``[N_out, N_in]``)."""
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        """Install (or with ``None`` remove) the boolean connectivity mask; zero the
+        weights outside it."""
+        if mask is None:
+            if "mask" in self._buffers:
+                del self._buffers["mask"]
+            self.mask = None
+        else:
+            mask = mask.to(dtype=torch.bool, device=self.weight.device)
+            if mask.shape != self.weight.shape:
+                raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
+            if "mask" in self._buffers:
+                self._buffers["mask"] = mask
+            else:
+                self.register_buffer("mask", mask)
+            with torch.no_grad():
+                self.weight.mul_(mask)
+        self.mask_version += 1
 
     def effective_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses (sparse subclasses apply their mask)."""
-        return self.weight
+        """The weight the forward pass uses: ``weight * mask`` when masked."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
+
+class Linear(Synapse, nn.Linear):
+    """Linear synapse ``[T, B, N_in] -> [T, B, N_out]`` (``weight`` is ``[N_out, N_in]``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
@@ -49,11 +75,8 @@ def _time_batched(fn, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(T, B, *y.shape[1:])
 
 
-class Conv2d(nn.Conv2d, Synapse):
-    """Dense 2-d convolution over ``[T, B, C, H, W]`` as one conv on ``T*B`` images."""
-
-    def effective_weight(self) -> torch.Tensor:
-        return self.weight
+class Conv2d(Synapse, nn.Conv2d):
+    """2-d convolution over ``[T, B, C, H, W]`` as one conv on ``T*B`` images."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)

@@ -46,7 +46,7 @@ class TrainSettings:
     trainer: str = "bptt"
     epochs: int = 1
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.01
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
