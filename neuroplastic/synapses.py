@@ -30,8 +30,11 @@ class Synapse:
 
     capture: bool = False
     last_input: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
     mask_version: int = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", None)
 
     def _keep(self, x: torch.Tensor) -> None:
         if self.capture:
@@ -41,17 +44,12 @@ class Synapse:
         """Install (or with ``None`` remove) the boolean connectivity mask; zero the
         weights outside it."""
         if mask is None:
-            if "mask" in self._buffers:
-                del self._buffers["mask"]
-            self.mask = None
+            self._buffers["mask"] = None
         else:
             mask = mask.to(dtype=torch.bool, device=self.weight.device)
             if mask.shape != self.weight.shape:
                 raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(self.weight.shape)}")
-            if "mask" in self._buffers:
-                self._buffers["mask"] = mask
-            else:
-                self.register_buffer("mask", mask)
+            self._buffers["mask"] = mask
             with torch.no_grad():
                 self.weight.mul_(mask)
         self.mask_version += 1
