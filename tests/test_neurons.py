@@ -103,10 +103,12 @@ def test_step_matches_multistep(cls):
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("detach", [True, False])
 @pytest.mark.parametrize("surrogate", ["atan", "sigmoid", "fast_sigmoid", "triangle", "rectangle"])
-def test_fused_equals_autograd(reset, detach, surrogate):
+@pytest.mark.parametrize("per_neuron", [True, False], ids=["torch-path", "numba-path"])
+def test_fused_equals_autograd(reset, detach, surrogate, per_neuron):
     torch.manual_seed(1)
     x = (torch.randn(9, 3, 6, dtype=torch.float64) * 2).requires_grad_()
-    v_th = torch.rand(6, dtype=torch.float64) + 0.5  # per-neuron threshold (constant)
+    # per-neuron thresholds take the torch loop; scalars the numba kernels
+    v_th = torch.rand(6, dtype=torch.float64) + 0.5 if per_neuron else 0.8
     n = LIF(tau_mem=4e-3, reset=reset, detach_reset=detach, surrogate=surrogate)
     a, g = n.coefficients()
     from neuroplastic.neurons.fused import lif_multistep_fused

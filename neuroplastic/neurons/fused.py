@@ -29,12 +29,44 @@ from ..surrogate import Surrogate
 __all__ = ["lif_multistep_fused"]
 
 
+def _numba_ok(*tensors, scalars=()) -> bool:
+    """The numba CPU kernels take CPU float tensors and scalar parameters."""
+    if _lif_cpu is None:
+        return False
+    return all(isinstance(s, float | int) for s in scalars) and all(
+        t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+
+
+try:  # the numba kernels are optional at import time (pure-torch fallback below)
+    from neuroplastic.kernels import lif_cpu as _lif_cpu
+except ImportError:  # pragma: no cover
+    _lif_cpu = None
+
+
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset):  # type: ignore[override]
         drive = gain * x
         if not (isinstance(v_leak, float | int) and v_leak == 0):
             drive = drive + (1 - a) * v_leak
+        ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
+        ctx.v0_needs_grad = v0.requires_grad
+        if _numba_ok(drive, v0, scalars=(a, v_th, v_reset)) and drive.dim() >= 2:
+            drive = drive.contiguous()
+            T = drive.shape[0]
+            d2 = drive.reshape(T, -1)
+            v0c = v0.detach().expand_as(drive[0]).contiguous().reshape(-1).to(drive.dtype)
+            v_pre_all = torch.empty_like(d2)
+            z_all = torch.empty_like(d2)
+            v = torch.empty_like(v0c)
+            np_t = d2.numpy().dtype.type
+            _lif_cpu.lif_forward(d2.numpy(), v0c.numpy(), np_t(a), np_t(v_th), np_t(v_reset),
+                                 reset == "subtract", z_all.numpy(), v_pre_all.numpy(), v.numpy())
+            shape = drive.shape
+            v_pre_all, z_all, v = v_pre_all.reshape(shape), z_all.reshape(shape), v.reshape(shape[1:])
+            ctx.save_for_backward(v_pre_all)
+            ctx.mark_non_differentiable(v_pre_all, v)
+            return z_all, v_pre_all, v
         v_pre_all = torch.empty_like(drive)
         z_all = torch.empty_like(drive)
         v = v0
@@ -50,8 +82,6 @@ class _FusedLIF(torch.autograd.Function):
             else:
                 v = torch.where(z, reset_value, v_pre)
         ctx.save_for_backward(v_pre_all)
-        ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
-        ctx.v0_needs_grad = v0.requires_grad
         ctx.mark_non_differentiable(v_pre_all, v)
         return z_all, v_pre_all, v
 
@@ -59,6 +89,17 @@ class _FusedLIF(torch.autograd.Function):
     def backward(ctx, gz, _gv_pre, _gv):  # type: ignore[override]
         (v_pre_all,) = ctx.saved_tensors
         a, gain, v_th, v_reset, surrogate, reset, detach_reset = ctx.params
+        if _numba_ok(gz, v_pre_all, scalars=(a, gain, v_th, v_reset)) and gz.dim() >= 2:
+            T = gz.shape[0]
+            g2 = gz.contiguous().to(v_pre_all.dtype).reshape(T, -1)
+            gx = torch.empty_like(g2)
+            gv0 = torch.empty_like(g2[0])
+            _lif_cpu.lif_backward(g2.numpy(), v_pre_all.reshape(T, -1).numpy(), float(a), float(gain),
+                                  float(v_th), float(v_reset), reset == "subtract", bool(detach_reset),
+                                  _lif_cpu.SURROGATE_IDS[surrogate.name], float(surrogate.alpha),
+                                  gx.numpy(), gv0.numpy())
+            gv0 = gv0.reshape(gz.shape[1:]) if ctx.v0_needs_grad else None
+            return gx.reshape(gz.shape), gv0, None, None, None, None, None, None, None, None
         sg = surrogate.grad(v_pre_all - v_th)
         gsg = gz * sg
         d_pre = torch.empty_like(gsg)

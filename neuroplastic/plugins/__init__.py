@@ -17,6 +17,12 @@ from .base import Plugin, PluginList
 REGISTRY: dict[str, str] = {
     "finetune": "neuroplastic.plugins.baselines:Finetune",
     "multitask": "neuroplastic.plugins.baselines:Multitask",
+    "granet": "neuroplastic.plugins.granet:GraNet",
+    "gmp": "neuroplastic.plugins.granet:GMP",
+    "rigl": "neuroplastic.plugins.granet:RigL",
+    "set": "neuroplastic.plugins.granet:SET",
+    "static": "neuroplastic.plugins.granet:Static",
+    "dormant": "neuroplastic.plugins.dormant:DormantMonitor",
 }
 
 

@@ -1,0 +1,1 @@
+"""Performance comparisons behind ``neuroplastic bench`` (peers, kernels)."""

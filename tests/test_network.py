@@ -1,0 +1,114 @@
+"""Encoders, synapses and the network container."""
+
+import pytest
+import torch
+
+from neuroplastic import LIF, cnn, mlp
+from neuroplastic.encoders import DirectEncoder, LatencyEncoder, PoissonEncoder, RateEncoder, make_encoder
+from neuroplastic.errors import UserError
+from neuroplastic.synapses import Linear
+
+
+def test_rate_encoder_mean_rate():
+    x = torch.full((2000,), 0.3)
+    z = RateEncoder(50)(x, torch.Generator().manual_seed(0))
+    assert z.shape == (50, 2000)
+    assert abs(z.mean().item() - 0.3) < 0.01
+    assert set(z.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_poisson_encoder_probability():
+    z = PoissonEncoder(200, max_rate=100, dt=1e-3)(torch.ones(5000), torch.Generator().manual_seed(0))
+    assert abs(z.mean().item() - (1 - torch.exp(torch.tensor(-0.1))).item()) < 0.005
+
+
+def test_latency_encoder_one_spike_earlier_for_brighter():
+    enc = LatencyEncoder(10, linear=True)
+    x = torch.tensor([1.0, 0.5, 0.0])
+    z = enc(x)
+    assert z.sum(0).tolist() == [1.0, 1.0, 0.0]  # zero input never fires
+    assert z[:, 0].argmax() < z[:, 1].argmax()
+    assert z[:, 0].argmax() == 0
+
+
+def test_latency_rc_times():
+    enc = LatencyEncoder(100, tau=5.0, threshold=0.01)
+    t = enc.spike_times(torch.tensor([0.02, 1.0]))
+    expected = [round(5 * torch.log(torch.tensor(0.02 / 0.01)).item()),
+                round(5 * torch.log(torch.tensor(1 / 0.99)).item())]
+    assert t.tolist() == expected
+
+
+def test_direct_encoder_repeats():
+    x = torch.rand(3, 4)
+    assert torch.equal(DirectEncoder(5)(x)[4], x)
+
+
+def test_make_encoder_rejects_unknown():
+    with pytest.raises(UserError):
+        make_encoder("morse", 5)
+
+
+def test_linear_synapse_is_one_batched_op_over_time():
+    lin = Linear(6, 4)
+    x = torch.randn(7, 3, 6)
+    y = lin(x)
+    for t in range(7):
+        torch.testing.assert_close(y[t], torch.nn.functional.linear(x[t], lin.weight, lin.bias))
+
+
+def test_mask_zeroes_weights_and_forward():
+    lin = Linear(6, 4)
+    mask = torch.rand(4, 6) > 0.5
+    lin.set_mask(mask)
+    assert torch.all(lin.weight[~mask] == 0)
+    x = torch.randn(2, 3, 6)
+    torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight * mask, lin.bias))
+
+
+def test_mlp_records_spikes_and_membranes():
+    net = mlp([20, 16, 3])
+    x = (torch.rand(8, 5, 20) < 0.5).float()
+    with net.recording():
+        out = net(x)
+    assert out.shape == (8, 5, 3)
+    assert net.recordings["lif1"]["spikes"].shape == (8, 5, 16)
+    assert net.recordings["lif1"]["v"].shape == (8, 5, 16)
+    assert net.recordings["readout"]["v"].shape == (8, 5, 3)
+    net(x)
+    assert net.recordings == {}  # recording off again
+
+
+def test_multi_head_slices_outputs():
+    net = mlp([10, 8, 2], n_heads=3)
+    x = torch.rand(4, 2, 10)
+    full = net(x)
+    assert full.shape == (4, 2, 6)
+    torch.testing.assert_close(net(x, head=2), full[..., 4:6])
+
+
+def test_cnn_shapes_and_gradients():
+    net = cnn((1, 12, 12), channels=(4, 8), n_out=5)
+    x = (torch.rand(3, 2, 1, 12, 12) < 0.3).float()
+    out = net(x)
+    assert out.shape == (3, 2, 5)
+    out.sum().backward()
+    assert net.layers["conv1"].weight.grad is not None
+
+
+def test_network_resets_state_between_calls():
+    net = mlp([5, 4, 2])
+    x = torch.rand(6, 1, 5)
+    torch.testing.assert_close(net(x), net(x))
+
+
+def test_neuron_gets_no_state_leak_from_other_batch_size():
+    n = LIF()
+    n(torch.rand(3, 2, 4))
+    n.reset()
+    assert n(torch.rand(3, 5, 4)).shape == (3, 5, 4)
+
+
+def test_bad_mlp_sizes():
+    with pytest.raises(UserError):
+        mlp([10])
