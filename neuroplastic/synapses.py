@@ -17,6 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+try:
+    from neuroplastic.kernels import spike_linear as _spike_linear
+except ImportError:  # pragma: no cover - numba missing: dense path only
+    _spike_linear = None
+
 __all__ = ["Synapse", "Linear", "Conv2d", "AvgPool2d", "MaxPool2d", "Flatten", "is_synapse"]
 
 
@@ -60,11 +65,24 @@ class Synapse:
 
 
 class Linear(Synapse, nn.Linear):
-    """Linear synapse ``[T, B, N_in] -> [T, B, N_out]`` (``weight`` is ``[N_out, N_in]``)."""
+    """Linear synapse ``[T, B, N_in] -> [T, B, N_out]`` (``weight`` is ``[N_out, N_in]``).
+
+    ``backend``: ``"auto"`` (default) computes the product event-driven from the nonzero
+    inputs (:func:`neuroplastic.kernels.spike_linear.spike_linear`) when the input is
+    sparse enough on the CPU (rule in :func:`~neuroplastic.kernels.spike_linear.event_dense_worthwhile`),
+    else as one dense matmul; ``"dense"`` always uses the matmul; ``"event"`` always the
+    event-driven kernel (CPU float tensors). Results agree to float rounding.
+    """
+
+    backend: str = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
-        return F.linear(x, self.effective_weight(), self.bias)
+        w = self.effective_weight()
+        if self.backend != "dense" and _spike_linear is not None:
+            if self.backend == "event" or _spike_linear.event_dense_worthwhile(x, w):
+                return _spike_linear.spike_linear(x, w, self.bias)
+        return F.linear(x, w, self.bias)
 
 
 def _time_batched(fn, x: torch.Tensor) -> torch.Tensor:

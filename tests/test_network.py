@@ -112,3 +112,27 @@ def test_neuron_gets_no_state_leak_from_other_batch_size():
 def test_bad_mlp_sizes():
     with pytest.raises(UserError):
         mlp([10])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
+def test_event_backend_matches_dense(dtype, density):
+    torch.manual_seed(0)
+    dense, event = Linear(40, 24).to(dtype), Linear(40, 24).to(dtype)
+    event.load_state_dict(dense.state_dict())
+    event.backend, dense.backend = "event", "dense"
+    mask = torch.rand(24, 40) < 0.7
+    for layer in (dense, event):
+        layer.set_mask(mask)
+    x = ((torch.rand(5, 3, 40) < density).to(dtype) * torch.rand(5, 3, 40, dtype=dtype)).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y1, y2 = dense(x), event(x2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(y2, y1, **tol)
+    torch.testing.assert_close(x2.grad, x.grad, **tol)
+    torch.testing.assert_close(event.weight.grad, dense.weight.grad, **tol)
+    torch.testing.assert_close(event.bias.grad, dense.bias.grad, **tol)
+    assert torch.all(event.weight.grad[~mask] == 0)
