@@ -1,8 +1,8 @@
 r"""numba kernels for the fused multi-step LIF (CPU): one pass over all T per neuron.
 
 Same maths as :mod:`neuroplastic.neurons.fused` (see there), over inputs flattened to
-``[T, M]`` (``M = B * neurons``), parallel over neurons (each neuron's time loop is
-sequential; neurons are independent, so there are no races). Scalars only (per-neuron
+``[T, M]`` (``M = B * neurons``), parallel over blocks of neurons (each block runs its
+time loop with a SIMD inner loop over the block; neurons are independent: no races). Scalars only (per-neuron
 parameter tensors use the torch path). Arithmetic stays in the input dtype, so float32
 results equal the torch path's to rounding order.
 
@@ -36,46 +36,63 @@ def _surrogate_grad(kind, alpha, x):
     return alpha if abs(x) < 0.5 / alpha else 0.0
 
 
-@nb.njit(cache=True, parallel=True)
+_BLOCK = 2048  # neurons per task: the block's state stays in L1/L2, the inner loop is SIMD
+
+
+@nb.njit(cache=True, parallel=True, fastmath=True)
 def lif_forward(drive, v0, a, v_th, v_reset, subtract, z_out, vpre_out, v_out):
     """``v_pre_t = a v_{t-1} + drive_t``; ``z_t = v_pre_t > v_th``; reset. In place."""
     T, M = drive.shape
-    for j in prange(M):
-        v = v0[j]
+    nblocks = (M + _BLOCK - 1) // _BLOCK
+    for blk in prange(nblocks):
+        j0 = blk * _BLOCK
+        j1 = min(j0 + _BLOCK, M)
+        v = v0[j0:j1].copy()
         for t in range(T):
-            vp = a * v + drive[t, j]
-            vpre_out[t, j] = vp
-            if vp > v_th:
-                z_out[t, j] = 1
-                v = vp - v_th if subtract else v_reset
-            else:
-                z_out[t, j] = 0
-                v = vp
-        v_out[j] = v
+            d = drive[t, j0:j1]
+            vp_row = vpre_out[t, j0:j1]
+            z_row = z_out[t, j0:j1]
+            for j in range(j1 - j0):
+                vp = a * v[j] + d[j]
+                vp_row[j] = vp
+                spk = vp > v_th
+                z_row[j] = 1 if spk else 0
+                if subtract:
+                    v[j] = vp - v_th if spk else vp
+                else:
+                    v[j] = v_reset if spk else vp
+        v_out[j0:j1] = v
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, fastmath=True)
 def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha, gx_out, gv0_out):
     """Reverse-time BPTT through the LIF (see :mod:`neuroplastic.neurons.fused`)."""
     T, M = gz.shape
-    for j in prange(M):
-        dv = 0.0
+    nblocks = (M + _BLOCK - 1) // _BLOCK
+    for blk in prange(nblocks):
+        j0 = blk * _BLOCK
+        j1 = min(j0 + _BLOCK, M)
+        dv = np.zeros(j1 - j0, gz.dtype)
         for t in range(T - 1, -1, -1):
-            vp = vpre[t, j]
-            sg = _surrogate_grad(kind, alpha, vp - v_th)
-            dp = gz[t, j] * sg
-            if subtract:
-                dp += dv
-                if not detach:
-                    dp -= v_th * dv * sg
-            else:
-                if vp <= v_th:
-                    dp += dv
-                if not detach:
-                    dp += (v_reset - vp) * dv * sg
-            gx_out[t, j] = gain * dp
-            dv = a * dp
-        gv0_out[j] = dv
+            g_row = gz[t, j0:j1]
+            vp_row = vpre[t, j0:j1]
+            out_row = gx_out[t, j0:j1]
+            for j in range(j1 - j0):
+                vp = vp_row[j]
+                sg = _surrogate_grad(kind, alpha, vp - v_th)
+                dp = g_row[j] * sg
+                if subtract:
+                    dp += dv[j]
+                    if not detach:
+                        dp -= v_th * dv[j] * sg
+                else:
+                    if vp <= v_th:
+                        dp += dv[j]
+                    if not detach:
+                        dp += (v_reset - vp) * dv[j] * sg
+                out_row[j] = gain * dp
+                dv[j] = a * dp
+        gv0_out[j0:j1] = dv
 
 
 def supported(*arrays: np.ndarray) -> bool:

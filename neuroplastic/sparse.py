@@ -35,15 +35,33 @@ from torch import nn
 from .errors import UserError
 
 __all__ = [
-    "sparse_layers", "erk_densities", "uniform_densities", "layer_densities", "random_mask",
-    "init_masks", "apply_masks", "mask_grads", "mask_optimizer_state", "model_masks",
-    "masks_in_state_dict", "load_masks", "load_sparse_state_dict", "DenseGrad",
+    "sparse_layers",
+    "erk_densities",
+    "uniform_densities",
+    "layer_densities",
+    "random_mask",
+    "init_masks",
+    "apply_masks",
+    "mask_grads",
+    "mask_optimizer_state",
+    "model_masks",
+    "masks_in_state_dict",
+    "load_masks",
+    "load_sparse_state_dict",
+    "DenseGrad",
     "OPTIMIZER_STATE_KEYS",
 ]
 
 # per-parameter optimizer state tensors that are masked like the weight
-OPTIMIZER_STATE_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq",
-                        "square_avg", "acc_delta", "sum")
+OPTIMIZER_STATE_KEYS = (
+    "momentum_buffer",
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "square_avg",
+    "acc_delta",
+    "sum",
+)
 
 
 def _is_synapse(m: nn.Module) -> bool:
@@ -65,8 +83,10 @@ def sparse_layers(model: nn.Module, exclude: Iterable[str] = ()) -> list[tuple[s
         layers = [(n, m) for n, m in model.named_modules() if _is_synapse(m)]
     unknown = exclude - {n for n, _ in layers}
     if unknown:
-        raise UserError(f"exclude names unknown synapse layer(s) {sorted(unknown)}; "
-                        f"layers: {[n for n, _ in layers]}")
+        raise UserError(
+            f"exclude names unknown synapse layer(s) {sorted(unknown)}; "
+            f"layers: {[n for n, _ in layers]}"
+        )
     return [(n, m) for n, m in layers if n not in exclude]
 
 
@@ -76,8 +96,9 @@ def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> di
     return {n: float(density) for n in shapes}
 
 
-def erk_densities(shapes: Mapping[str, Sequence[int]], density: float,
-                  power_scale: float = 1.0) -> dict[str, float]:
+def erk_densities(
+    shapes: Mapping[str, Sequence[int]], density: float, power_scale: float = 1.0
+) -> dict[str, float]:
     """Erdos-Renyi-Kernel densities with the >1 redistribution (see the module doc).
 
     Returns ``{name: d_l}`` with ``sum(d_l * n_l) == density * sum(n_l)`` (up to float
@@ -104,8 +125,12 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float,
     return {n: 1.0 if n in dense else max(0.0, eps * raw[n]) for n in shapes}
 
 
-def layer_densities(shapes: Mapping[str, Sequence[int]], density: float, distribution: str = "erk",
-                    explicit: Sequence[float] | Mapping[str, float] | None = None) -> dict[str, float]:
+def layer_densities(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    distribution: str = "erk",
+    explicit: Sequence[float] | Mapping[str, float] | None = None,
+) -> dict[str, float]:
     """Per-layer densities for overall ``density`` (``erk``, ``uniform`` or ``explicit``).
 
     ``explicit`` (a list in layer order, or ``{name: density}``) is used as given for
@@ -121,8 +146,10 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], density: float, distrib
             raise UserError("distribution 'explicit' needs layer_density (one density per layer)")
         if not isinstance(explicit, Mapping):
             if len(explicit) != len(names):
-                raise UserError(f"layer_density has {len(explicit)} entries for {len(names)} "
-                                f"sparse layers {names}")
+                raise UserError(
+                    f"layer_density has {len(explicit)} entries for {len(names)} "
+                    f"sparse layers {names}"
+                )
             explicit = dict(zip(names, explicit))
         missing = set(names) - set(explicit)
         if missing:
@@ -135,8 +162,12 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], density: float, distrib
     raise UserError(f"distribution must be erk, uniform or explicit, got {distribution!r}")
 
 
-def random_mask(shape: Sequence[int], density: float, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def random_mask(
+    shape: Sequence[int],
+    density: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Boolean mask with exactly ``round(density * numel)`` ones at random positions."""
     n = torch.Size(shape).numel()
     k = int(round(float(density) * n))
@@ -146,15 +177,22 @@ def random_mask(shape: Sequence[int], density: float, generator: torch.Generator
     return mask.reshape(tuple(shape)).to(device)
 
 
-def init_masks(model: nn.Module, density: float, distribution: str = "erk",
-               explicit: Sequence[float] | Mapping[str, float] | None = None,
-               generator: torch.Generator | None = None, exclude: Iterable[str] = ()) -> dict[str, float]:
+def init_masks(
+    model: nn.Module,
+    density: float,
+    distribution: str = "erk",
+    explicit: Sequence[float] | Mapping[str, float] | None = None,
+    generator: torch.Generator | None = None,
+    exclude: Iterable[str] = (),
+) -> dict[str, float]:
     """Install random masks on the sparse layers of ``model`` (weights outside are zeroed).
 
     Returns the per-layer densities used. A layer at density 1 gets an all-ones mask.
     """
     layers = sparse_layers(model, exclude)
-    dens = layer_densities({n: tuple(m.weight.shape) for n, m in layers}, density, distribution, explicit)
+    dens = layer_densities(
+        {n: tuple(m.weight.shape) for n, m in layers}, density, distribution, explicit
+    )
     for n, m in layers:
         m.set_mask(random_mask(m.weight.shape, dens[n], generator, m.weight.device))
     return dens
@@ -202,7 +240,11 @@ def model_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 # -- checkpoints -------------------------------------------------------------------------
 def masks_in_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``{module path: mask}`` for every ``<path>.mask`` entry of a model state dict."""
-    return {k[: -len(".mask")]: v for k, v in state_dict.items() if k.endswith(".mask") and torch.is_tensor(v)}
+    return {
+        k[: -len(".mask")]: v
+        for k, v in state_dict.items()
+        if k.endswith(".mask") and torch.is_tensor(v)
+    }
 
 
 def load_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -223,13 +265,17 @@ def load_masks(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
     for path, mask in masks_in_state_dict(state_dict).items():
         mod = modules.get(path)
         if mod is None or not _is_synapse(mod):
-            raise UserError(f"checkpoint has a mask for {path!r}, which is not a synapse layer of this model")
+            raise UserError(
+                f"checkpoint has a mask for {path!r}, which is not a synapse layer of this model"
+            )
         mod.set_mask(mask.to(torch.bool))
         n += 1
     return n
 
 
-def load_sparse_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True):
+def load_sparse_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True
+):
     """:func:`load_masks` then ``model.load_state_dict``."""
     load_masks(model, state_dict)
     return model.load_state_dict(state_dict, strict=strict)
@@ -256,8 +302,12 @@ class DenseGrad:
 
     def _hook(self, name: str, layer: nn.Module):
         def fwd(module, inputs, output):
-            if not (self.enabled and torch.is_grad_enabled() and torch.is_tensor(output)
-                    and output.requires_grad):
+            if not (
+                self.enabled
+                and torch.is_grad_enabled()
+                and torch.is_tensor(output)
+                and output.requires_grad
+            ):
                 return
             x = inputs[0].detach()
 
@@ -285,7 +335,8 @@ def _weight_grad(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Te
             raise UserError("dense gradients of conv layers need padding_mode='zeros'")
         xi = x.reshape(-1, *x.shape[-3:]).to(g.dtype)
         gi = g.reshape(-1, *g.shape[-3:])
-        return torch.nn.grad.conv2d_weight(xi, w.shape, gi, layer.stride, layer.padding,
-                                           layer.dilation, layer.groups)
+        return torch.nn.grad.conv2d_weight(
+            xi, w.shape, gi, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
     # linear: I = x W^T + b over any leading dims
     return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1]).to(g.dtype)

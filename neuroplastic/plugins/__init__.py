@@ -17,6 +17,9 @@ from .base import Plugin, PluginList
 REGISTRY: dict[str, str] = {
     "finetune": "neuroplastic.plugins.baselines:Finetune",
     "multitask": "neuroplastic.plugins.baselines:Multitask",
+    "hlop": "neuroplastic.plugins.hlop:HLOP",
+    "gpm": "neuroplastic.plugins.gpm:GPM",
+    "ewc": "neuroplastic.plugins.ewc:EWC",
     "granet": "neuroplastic.plugins.granet:GraNet",
     "gmp": "neuroplastic.plugins.granet:GMP",
     "rigl": "neuroplastic.plugins.granet:RigL",

@@ -80,8 +80,13 @@ class DormantOptions:
 
 
 @torch.no_grad()
-def perturb(model: torch.nn.Module, a: float, optimizer: torch.optim.Optimizer | None = None,
-            target: dict[str, torch.Tensor] | None = None, seed: int = 0) -> int:
+def perturb(
+    model: torch.nn.Module,
+    a: float,
+    optimizer: torch.optim.Optimizer | None = None,
+    target: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> int:
     """``theta <- a * theta + (1 - a) * theta_init`` on every trainable synapse parameter.
 
     ``target`` maps ``"<layer>.weight"`` / ``"<layer>.bias"`` to the initial values; without
@@ -125,8 +130,15 @@ class DormantMonitor(Plugin):
         self.task_id = 0
         self.monitor: FiringRateMonitor | None = None
         self.init_params: dict[str, torch.Tensor] | None = None
-        self.hist: dict[str, Any] = {"step": [], "task": [], "overall": [], "layers": {},
-                                     "perturb_step": [], "perturb_factor": [], "perturb_beta": []}
+        self.hist: dict[str, Any] = {
+            "step": [],
+            "task": [],
+            "overall": [],
+            "layers": {},
+            "perturb_step": [],
+            "perturb_factor": [],
+            "perturb_beta": [],
+        }
         self.last: dict[str, float] = {}
 
     def setup(self, trainer) -> None:
@@ -136,9 +148,12 @@ class DormantMonitor(Plugin):
             raise UserError("the dormant plugin needs an SNN model (model.neurons())")
         self.monitor = FiringRateMonitor(model.neurons(), enabled=False)
         if self.opts.perturb_target == "initial":
-            self.init_params = {f"{n}.{p}": getattr(m, p).detach().clone()
-                                for n, m in sparse_layers(model) for p in ("weight", "bias")
-                                if getattr(m, p, None) is not None}
+            self.init_params = {
+                f"{n}.{p}": getattr(m, p).detach().clone()
+                for n, m in sparse_layers(model)
+                for p in ("weight", "bias")
+                if getattr(m, p, None) is not None
+            }
 
     def before_forward(self) -> None:
         self.monitor.enabled = True  # training minibatches only
@@ -181,8 +196,13 @@ class DormantMonitor(Plugin):
         beta = self.last.get("overall", 0.0)
         o = self.opts
         a = perturb_factor(beta, o.perturb_rate, o.perturb_min, o.perturb_max)
-        perturb(self.trainer.model, a, self.trainer.optimizer, self.init_params,
-                seed=o.seed * 100003 + len(self.hist["perturb_step"]))
+        perturb(
+            self.trainer.model,
+            a,
+            self.trainer.optimizer,
+            self.init_params,
+            seed=o.seed * 100003 + len(self.hist["perturb_step"]),
+        )
         self.hist["perturb_step"].append(self.step)
         self.hist["perturb_factor"].append(a)
         self.hist["perturb_beta"].append(beta)

@@ -83,8 +83,17 @@ from ..sparse import (
 )
 from .base import Plugin
 
-__all__ = ["SparseOptions", "SparseTraining", "GraNet", "GMP", "RigL", "SET", "Static",
-           "cubic_sparsity", "cosine_death_rate"]
+__all__ = [
+    "SparseOptions",
+    "SparseTraining",
+    "GraNet",
+    "GMP",
+    "RigL",
+    "SET",
+    "Static",
+    "cubic_sparsity",
+    "cosine_death_rate",
+]
 
 DISTRIBUTIONS = ("erk", "uniform", "explicit")
 REGROW = ("gradient", "random", "none")
@@ -160,7 +169,9 @@ class SparseOptions:
         if self.distribution not in DISTRIBUTIONS:
             bad("distribution", " or ".join(DISTRIBUTIONS))
         if not isinstance(self.layer_density, list) or not all(
-                isinstance(d, int | float) and not isinstance(d, bool) and 0 < d <= 1 for d in self.layer_density):
+            isinstance(d, int | float) and not isinstance(d, bool) and 0 < d <= 1
+            for d in self.layer_density
+        ):
             bad("layer_density", "a list of densities in (0, 1]")
         if self.distribution == "explicit" and not self.layer_density:
             raise UserError(f"{sec}.layer_density is needed with distribution = 'explicit'")
@@ -176,13 +187,23 @@ class SparseOptions:
             bad("unit", " or ".join(UNITS))
         if num("start") < 0 or num("end") < num("start"):
             bad("end", f"a number >= start ({self.start})")
-        if self.unit == "step" and (self.start != int(self.start) or self.end != int(self.end)):
-            bad("start", "whole steps when unit = 'step'")
-        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
+        if self.unit == "step":
+            for key in ("start", "end") if self.prune else ("start",):
+                if getattr(self, key) != int(getattr(self, key)):
+                    bad(key, "whole steps when unit = 'step'")
+        if (
+            isinstance(self.update_every, bool)
+            or not isinstance(self.update_every, int)
+            or self.update_every < 1
+        ):
             bad("update_every", "a positive integer (steps)")
         if self.span not in SPANS:
             bad("span", " or ".join(SPANS))
-        if isinstance(self.steps_per_task, bool) or not isinstance(self.steps_per_task, int) or self.steps_per_task < 0:
+        if (
+            isinstance(self.steps_per_task, bool)
+            or not isinstance(self.steps_per_task, int)
+            or self.steps_per_task < 0
+        ):
             bad("steps_per_task", "a non-negative integer (0: computed from the stream)")
         if not 0.0 <= num("dormant_share") <= 1.0:
             bad("dormant_share", "in [0, 1]")
@@ -200,7 +221,9 @@ def _variant(name: str, **defaults):
             fields.append((f.name, f.type, field(default=defaults[f.name])))
     cls = dataclasses.make_dataclass(f"{name.capitalize()}Options", fields, bases=(SparseOptions,))
     cls._section = name
-    cls.__doc__ = f"Options of ``[{name}]`` (see :class:`SparseOptions`); defaults: {defaults or 'GraNet'}."
+    cls.__doc__ = (
+        f"Options of ``[{name}]`` (see :class:`SparseOptions`); defaults: {defaults or 'GraNet'}."
+    )
     return cls
 
 
@@ -217,16 +240,25 @@ class SparseTraining(Plugin):
 
     def __init__(self, options: SparseOptions | None = None) -> None:
         self.opts = options if options is not None else self.Options()
-        self.step = 0          # completed steps, all tasks
-        self.task_step = 0     # completed steps in the current task
+        self.step = 0  # completed steps, all tasks
+        self.task_step = 0  # completed steps in the current task
         self.task_id = 0
-        self.span_steps: int | None = None    # S: steps of the schedule's span
-        self.task0_steps: int | None = None   # steps of task 0 (for unit = epoch)
+        self.span_steps: int | None = None  # S: steps of the schedule's span
+        self.task0_steps: int | None = None  # steps of task 0 (for unit = epoch)
         self.cur_task_steps: int | None = None
         self.n_tasks = 1
         self.generator = torch.Generator().manual_seed(int(self.opts.seed))
-        self.hist: dict[str, Any] = {"step": [], "task": [], "target": [], "sparsity": [], "death_rate": [],
-                                     "regrown": [], "regrown_dormant": [], "dormant_neurons": [], "layers": {}}
+        self.hist: dict[str, Any] = {
+            "step": [],
+            "task": [],
+            "target": [],
+            "sparsity": [],
+            "death_rate": [],
+            "regrown": [],
+            "regrown_dormant": [],
+            "dormant_neurons": [],
+            "layers": {},
+        }
         self.n_updates = 0
         self.n_regrown = 0
         self.layers: list = []
@@ -250,21 +282,29 @@ class SparseTraining(Plugin):
         explicit = o.layer_density or None
         self._final_density = layer_densities(shapes, 1.0 - o.sparsity, o.distribution, explicit)
         total = sum(m.weight.numel() for _, m in self.layers)
-        self.s_f = 1.0 - sum(self._final_density[n] * m.weight.numel() for n, m in self.layers) / total
+        self.s_f = (
+            1.0 - sum(self._final_density[n] * m.weight.numel() for n, m in self.layers) / total
+        )
         if o.prune:
             if o.init_density < 1.0:
                 if o.distribution == "explicit":
-                    raise UserError(f"{self.name}.init_density < 1 needs distribution erk or uniform")
+                    raise UserError(
+                        f"{self.name}.init_density < 1 needs distribution erk or uniform"
+                    )
                 init_masks(model, o.init_density, o.distribution, None, self.generator, o.exclude)
             elif any(getattr(m, "mask", None) is not None for _, m in self.layers):
                 pass  # keep masks already there (e.g. loaded from a checkpoint)
         else:
             init_masks(model, 1.0 - o.sparsity, o.distribution, explicit, self.generator, o.exclude)
         self._init_density = {n: self._density(m) for n, m in self.layers}
-        self.s_i = 1.0 - sum(self._init_density[n] * m.weight.numel() for n, m in self.layers) / total
+        self.s_i = (
+            1.0 - sum(self._init_density[n] * m.weight.numel() for n, m in self.layers) / total
+        )
         if o.prune and self.s_i > self.s_f + 1e-12:
-            raise UserError(f"{self.name}: init_density {o.init_density} is already sparser than the "
-                            f"target sparsity {o.sparsity}")
+            raise UserError(
+                f"{self.name}: init_density {o.init_density} is already sparser than the "
+                f"target sparsity {o.sparsity}"
+            )
         if o.regrow == "gradient":
             self.dense_grad = DenseGrad(self.layers)
         if o.dormant_aware:
@@ -274,8 +314,10 @@ class SparseTraining(Plugin):
                 raise UserError(f"{self.name}.dormant_aware needs an SNN model (its layer order)")
             self.post = postsynaptic_neurons(model)
             neurons = dict(model.neurons())
-            self.rates = FiringRateMonitor([(n, neurons[n]) for n in sorted(set(self.post.values())) if n in neurons],
-                                           enabled=False)
+            self.rates = FiringRateMonitor(
+                [(n, neurons[n]) for n in sorted(set(self.post.values())) if n in neurons],
+                enabled=False,
+            )
         mask_optimizer_state(trainer.optimizer, model)
 
     @staticmethod
@@ -290,7 +332,9 @@ class SparseTraining(Plugin):
         self.task0_steps = int(steps_per_task)
         self.cur_task_steps = int(steps_per_task)
         self.n_tasks = int(n_tasks)
-        self.span_steps = int(steps_per_task) * (int(n_tasks) if self.opts.span == "all_tasks" else 1)
+        self.span_steps = int(steps_per_task) * (
+            int(n_tasks) if self.opts.span == "all_tasks" else 1
+        )
 
     def on_task_start(self, task_id, task) -> None:
         self.task_id = task_id
@@ -305,8 +349,11 @@ class SparseTraining(Plugin):
             self.n_tasks = len(stream.tasks)
             self.task0_steps = here
             if o.span == "all_tasks":
-                self.span_steps = o.steps_per_task * self.n_tasks if o.steps_per_task else sum(
-                    s.epochs * -(-len(t.train) // s.batch_size) for t in stream.tasks)
+                self.span_steps = (
+                    o.steps_per_task * self.n_tasks
+                    if o.steps_per_task
+                    else sum(s.epochs * -(-len(t.train) // s.batch_size) for t in stream.tasks)
+                )
             else:
                 self.span_steps = here
         return sources
@@ -316,8 +363,10 @@ class SparseTraining(Plugin):
         if o.unit == "step":
             return int(value)
         if self.span_steps is None:
-            raise UserError(f"{self.name}: the run length is unknown; set {self.name}.steps_per_task, "
-                            f"use unit = 'step', or call set_run_length()")
+            raise UserError(
+                f"{self.name}: the run length is unknown; set {self.name}.steps_per_task, "
+                f"use unit = 'step', or call set_run_length()"
+            )
         if o.unit == "fraction":
             return int(round(value * self.span_steps))
         per_epoch = self.task0_steps / max(self.trainer.settings.epochs, 1)
@@ -353,7 +402,9 @@ class SparseTraining(Plugin):
         k, kr = self._clock()
         if k is None:
             if o.span == "each_task":
-                return cosine_death_rate(kr, self.cur_task_steps or 1, o.death_rate, o.death_rate_min)
+                return cosine_death_rate(
+                    kr, self.cur_task_steps or 1, o.death_rate, o.death_rate_min
+                )
             return float(o.death_rate_min)
         if self.span_steps is not None:
             total = self.span_steps
@@ -366,6 +417,8 @@ class SparseTraining(Plugin):
     def _event(self, k: int | None, task_step: int) -> tuple[bool, bool]:
         """``(prune, regrow)`` for the step with clock ``k`` (after it)."""
         o = self.opts
+        if not o.prune and o.regrow == "none":
+            return False, False  # static masks: no events
         every = o.update_every
         if k is None:  # later tasks of first_task / each_task
             regrow = o.regrow != "none" and o.regrow_later_tasks and task_step % every == 0
@@ -433,8 +486,14 @@ class SparseTraining(Plugin):
         return 1.0 - nnz / self._n_total()
 
     def _masks(self) -> dict[str, torch.Tensor]:
-        return {n: (m.mask.clone() if getattr(m, "mask", None) is not None
-                    else torch.ones_like(m.weight, dtype=torch.bool)) for n, m in self.layers}
+        return {
+            n: (
+                m.mask.clone()
+                if getattr(m, "mask", None) is not None
+                else torch.ones_like(m.weight, dtype=torch.bool)
+            )
+            for n, m in self.layers
+        }
 
     @torch.no_grad()
     def update(self, prune: bool, regrow: bool, k: int | None) -> None:
@@ -460,6 +519,7 @@ class SparseTraining(Plugin):
             m.set_mask(masks[n])
         mask_optimizer_state(self.trainer.optimizer, self.trainer.model)
 
+    @torch.no_grad()
     def _prune(self, target: float) -> None:
         masks = self._masks()
         N = self._n_total()
@@ -468,15 +528,21 @@ class SparseTraining(Plugin):
             nnz = sum(int(v.sum()) for v in masks.values())
             if keep >= nnz:
                 return
-            scores = torch.cat([torch.where(masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)).flatten()
-                                for n, m in self.layers])
+            scores = torch.cat(
+                [
+                    torch.where(
+                        masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)
+                    ).flatten()
+                    for n, m in self.layers
+                ]
+            )
             idx = torch.topk(scores, keep, sorted=False).indices
             flat = torch.zeros(N, dtype=torch.bool)
             flat[idx.cpu()] = True
             off = 0
             for n, m in self.layers:
                 size = m.weight.numel()
-                masks[n] = flat[off:off + size].reshape(m.weight.shape).to(m.weight.device)
+                masks[n] = flat[off : off + size].reshape(m.weight.shape).to(m.weight.device)
                 off += size
         else:
             # each layer on its own cubic, from its initial density to its final density
@@ -488,7 +554,9 @@ class SparseTraining(Plugin):
                 nnz = int(masks[n].sum())
                 if keep >= nnz:
                     continue
-                scores = torch.where(masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)).flatten()
+                scores = torch.where(
+                    masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)
+                ).flatten()
                 new = torch.zeros_like(scores, dtype=torch.bool)
                 new[torch.topk(scores, keep, sorted=False).indices] = True
                 masks[n] = new.reshape(m.weight.shape)
@@ -508,6 +576,7 @@ class SparseTraining(Plugin):
 
         return scores_from_rates(rate) <= self.opts.dormant_tau
 
+    @torch.no_grad()
     def _regenerate(self, r: float) -> tuple[int, int, int]:
         o = self.opts
         masks = self._masks()
@@ -543,13 +612,17 @@ class SparseTraining(Plugin):
                 pool = cand & in_rows
                 n_d = min(int(round(o.dormant_share * n_grow)), int(pool.sum()))
                 if n_d > 0:
-                    s = torch.where(pool, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0))
+                    s = torch.where(
+                        pool, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0)
+                    )
                     grow[torch.topk(s, n_d, sorted=False).indices] = True
                     dorm_total += n_d
                     n_grow -= n_d
                     cand = cand & ~grow
             if n_grow > 0:
-                s = torch.where(cand, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0))
+                s = torch.where(
+                    cand, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0)
+                )
                 grow[torch.topk(s, n_grow, sorted=False).indices] = True
             new = (after | grow).reshape(mask.shape)
             grown_total += int((grow & ~mask.flatten()).sum())
@@ -572,35 +645,63 @@ class SparseTraining(Plugin):
             h["layers"].setdefault(n, []).append(1.0 - self._density(m))
 
     def metrics(self) -> dict[str, Any]:
-        return {self.name: {
-            "target_sparsity": self.s_f,
-            "initial_sparsity": self.s_i,
-            "updates": self.n_updates,
-            "regrown": self.n_regrown,
-            "regrown_into_dormant": int(sum(self.hist["regrown_dormant"])),
-            "layer_sparsity": {n: 1.0 - self._density(m) for n, m in self.layers},
-        }}
+        return {
+            self.name: {
+                "target_sparsity": self.s_f,
+                "initial_sparsity": self.s_i,
+                "updates": self.n_updates,
+                "regrown": self.n_regrown,
+                "regrown_into_dormant": int(sum(self.hist["regrown_dormant"])),
+                "layer_sparsity": {n: 1.0 - self._density(m) for n, m in self.layers},
+            }
+        }
 
     def records(self) -> dict[str, Any]:
         h = self.hist
         if not h["step"]:
             return {}
-        out = {k: np.asarray(v, dtype=np.float64 if k in ("target", "sparsity", "death_rate") else np.int64)
-               for k, v in h.items() if k != "layers"}
+        out = {
+            k: np.asarray(
+                v, dtype=np.float64 if k in ("target", "sparsity", "death_rate") else np.int64
+            )
+            for k, v in h.items()
+            if k != "layers"
+        }
         out["layer_sparsity"] = {n: np.asarray(v, dtype=np.float64) for n, v in h["layers"].items()}
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "task_step": self.task_step, "task_id": self.task_id,
-                "span_steps": self.span_steps, "task0_steps": self.task0_steps,
-                "cur_task_steps": self.cur_task_steps, "n_tasks": self.n_tasks,
-                "n_updates": self.n_updates, "n_regrown": self.n_regrown,
-                "s_i": self.s_i, "s_f": self.s_f, "init_density": dict(self._init_density),
-                "generator": self.generator.get_state(), "hist": self.hist}
+        return {
+            "step": self.step,
+            "task_step": self.task_step,
+            "task_id": self.task_id,
+            "span_steps": self.span_steps,
+            "task0_steps": self.task0_steps,
+            "cur_task_steps": self.cur_task_steps,
+            "n_tasks": self.n_tasks,
+            "n_updates": self.n_updates,
+            "n_regrown": self.n_regrown,
+            "s_i": self.s_i,
+            "s_f": self.s_f,
+            "init_density": dict(self._init_density),
+            "generator": self.generator.get_state(),
+            "hist": self.hist,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("step", "task_step", "task_id", "span_steps", "task0_steps", "cur_task_steps",
-                    "n_tasks", "n_updates", "n_regrown", "s_i", "s_f"):
+        for key in (
+            "step",
+            "task_step",
+            "task_id",
+            "span_steps",
+            "task0_steps",
+            "cur_task_steps",
+            "n_tasks",
+            "n_updates",
+            "n_regrown",
+            "s_i",
+            "s_f",
+        ):
             if key in state:
                 setattr(self, key, state[key])
         if "init_density" in state:
