@@ -132,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"neuroplastic: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable run directory, full disk, unreadable file
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"neuroplastic: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("neuroplastic: interrupted (checkpoints up to the last finished task are kept)", file=sys.stderr)
         return 130

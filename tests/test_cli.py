@@ -136,3 +136,11 @@ def test_python_m_entry_point(tiny_config, tmp_path):
 
 def test_user_error_is_value_error():
     assert issubclass(UserError, ValueError)
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--out", str(blocker / "run"), "--tasks", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neuroplastic: error:") and len(err.splitlines()) == 1
