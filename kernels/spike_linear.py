@@ -12,7 +12,8 @@ activity, mostly zeros: spikes) and a dense weight :math:`W \in \mathbb{R}^{N \t
 * input gradient :math:`G W` (dense; only computed when the input needs a gradient).
 
 The inner loops run over contiguous rows (of :math:`W^\top`, of :math:`G`), which numba
-vectorises (``fastmath`` only licenses SIMD; no reassociation across rows). The index of active entries (CSR by rows for the
+vectorises (``fastmath`` only licenses SIMD; no reassociation across rows).
+The index of active entries (CSR by rows for the
 forward, CSC by columns for the gradient) is built once per call in the same pass.
 """
 

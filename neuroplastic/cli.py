@@ -86,9 +86,9 @@ def _apply_overrides(cfg, a):
             plugins[n] = {**plugins.get(n, {}), "sparsity": a.sparsity}
         cfg = replace(cfg, plugins=plugins)
     # re-validate the whole thing (plugin sections, methods)
-    from .config import to_toml
-
     import tomllib  # noqa: I001
+
+    from .config import to_toml
 
     return config_from_dict(tomllib.loads(to_toml(cfg)))
 

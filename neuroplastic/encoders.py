@@ -12,7 +12,6 @@ r"""Encoders: static inputs ``[B, ...]`` in [0, 1] to time-first spike trains ``
 
 from __future__ import annotations
 
-
 import torch
 
 from .errors import UserError

@@ -24,7 +24,6 @@ two configurations.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 from collections.abc import Sequence

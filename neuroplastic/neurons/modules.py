@@ -72,7 +72,8 @@ class Neuron(nn.Module):
         return any(p.requires_grad for p in self.parameters(recurse=False)) and torch.is_grad_enabled()
 
     def extra_repr(self) -> str:
-        return f"dt={self.dt}, integration={self.integration!r}, reset={self.reset_mode!r}, surrogate={self.surrogate.name}"
+        return (f"dt={self.dt}, integration={self.integration!r}, reset={self.reset_mode!r}, "
+                f"surrogate={self.surrogate.name}")
 
 
 class LIF(Neuron):
