@@ -137,7 +137,9 @@ class _SpikeLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def spike_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x @ weight.T + bias`` over ``x [..., K]`` computed from the nonzero entries of ``x``
     (numba, CPU, float32/float64). Gradients for ``x``, ``weight`` and ``bias``."""
     lead = x.shape[:-1]
@@ -148,7 +150,11 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def event_dense_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Dispatch rule: CPU float tensors, big enough to matter, input density below
     :data:`MAX_DENSITY` (counted here: one pass over ``x``)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or weight.dtype != x.dtype
+    ):
         return False
     if x.numel() * weight.shape[0] < 2**22:  # small layers: the dense matmul wins
         return False

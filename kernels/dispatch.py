@@ -1,0 +1,154 @@
+r"""Pick event-driven or dense propagation from the expected amount of work.
+
+Cost model (per call, ``B`` rows, layer ``n_pre x n_post``, density ``d``, firing rate
+``r`` = fraction of nonzero inputs), fitted to ``benchmarks/bench_kernels.py`` on the
+2-core development machine (numbers and command in ``docs/kernels.md``):
+
+.. math::
+
+    t_\text{event} &= o_e + n_\text{pre} n_\text{post}\,\Big(
+        \frac{B\, r\, d\; c_e}{\min(B, P)} + [\text{dense weight}]\; c_g \Big) \\
+    t_\text{dense} &= o_d + n_\text{pre} n_\text{post}\,\big(c_w + B\, c_m
+        + [\text{dense weight}]\; c_k \big)
+
+``c_e`` ns per synaptic event on one core (``P`` = cores; the CPU kernel parallelises
+over rows), ``c_m`` ns per multiply-add of torch's matmul, ``c_w`` ns per weight read by
+it, ``c_g`` ns per dense weight element to gather the nnz values from a dense parameter
+(``event_linear``), ``c_k`` ns per element for torch's ``weight * mask``; ``o_*`` fixed
+call overheads. Event-driven is chosen iff :math:`t_\text{event} < t_\text{dense}`.
+Ignoring the overheads and the dense-weight terms this is the rule
+
+.. math:: r\, d < \frac{\min(B, P)}{B}\cdot\frac{c_w + B\,c_m}{c_e}
+
+i.e. event-driven wins when the *expected events per weight* stay below a
+batch-dependent threshold (about 0.04 at B = 32, see the docs table).
+
+torch.sparse CSR is never chosen: on the measured grid it was slower than the numba
+kernel wherever it was faster than dense. No GPU was available: the CUDA rule
+(:data:`CUDA_MAX_EVENTS_PER_WEIGHT`) is a conservative placeholder, not a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from neuroplastic.errors import UserError
+
+from .autograd import CSRCache, event_linear
+
+__all__ = ["CostModel", "COST", "choose_backend", "sparse_linear", "CUDA_MAX_EVENTS_PER_WEIGHT"]
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Measured constants of the rule (ns, or ms for the fixed overheads)."""
+
+    event_ns: float  # c_e: per synaptic event, one core
+    mac_ns: float  # c_m: per multiply-add in torch matmul (2 cores)
+    weight_ns: float  # c_w: per weight element read by torch matmul
+    gather_ns: float  # c_g: per dense weight element, nnz value gather
+    mask_ns: float  # c_k: per element of weight * mask
+    event_overhead_ms: float  # o_e
+    dense_overhead_ms: float  # o_d
+    cores: int
+
+    def event_ms(
+        self, size: float, density: float, rate: float, batch: int, dense_weight: bool
+    ) -> float:
+        par = max(1, min(batch, self.cores))
+        per = batch * rate * density * self.event_ns / par + (
+            self.gather_ns if dense_weight else 0.0
+        )
+        return self.event_overhead_ms + size * per * 1e-6
+
+    def dense_ms(self, size: float, batch: int, dense_weight: bool) -> float:
+        per = self.weight_ns + batch * self.mac_ns + (self.mask_ns if dense_weight else 0.0)
+        return self.dense_overhead_ms + size * per * 1e-6
+
+
+#: Fitted on the full default grid of ``bench_kernels.py`` (n = 4096), see docs/kernels.md.
+COST = CostModel(
+    event_ns=1.0,
+    mac_ns=0.0166,
+    weight_ns=0.1,
+    gather_ns=0.6,
+    mask_ns=0.4,
+    event_overhead_ms=0.015,
+    dense_overhead_ms=0.010,
+    cores=min(2, os.cpu_count() or 1),
+)
+
+#: GPU placeholder (unmeasured): event-driven only when r*d <= this.
+CUDA_MAX_EVENTS_PER_WEIGHT = 1e-3
+
+
+def choose_backend(
+    device: torch.device | str,
+    density: float,
+    firing_rate: float,
+    batch: int,
+    *,
+    size: int | None = None,
+    dense_weight: bool = False,
+) -> str:
+    """``"numba"`` | ``"cuda"`` | ``"torch"`` for a layer with this density and input rate.
+
+    ``size`` = ``n_pre * n_post`` (default: large, fixed overheads ignored);
+    ``dense_weight=True`` charges the per-call value gather (event path) and the
+    ``weight * mask`` product (dense path) of a dense-parameter layer.
+    """
+    if not (0.0 <= density <= 1.0 and 0.0 <= firing_rate <= 1.0):
+        raise UserError(f"density and firing_rate must lie in [0, 1], got {density}, {firing_rate}")
+    if batch < 1:
+        raise UserError(f"batch must be >= 1, got {batch}")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "cuda" if firing_rate * density <= CUDA_MAX_EVENTS_PER_WEIGHT else "torch"
+    if dev.type != "cpu":
+        return "torch"
+    if size is None:
+        size = 1 << 30
+    ev = COST.event_ms(size, density, firing_rate, batch, dense_weight)
+    de = COST.dense_ms(size, batch, dense_weight)
+    return "numba" if ev < de else "torch"
+
+
+def sparse_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    cache: CSRCache | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``x @ (weight * mask).T`` by the fastest expected route (or the one asked for).
+
+    ``backend``: ``"auto"`` (:func:`choose_backend` with the measured firing rate of
+    ``x`` and the mask density), ``"numba"``, ``"cuda"`` (event-driven via
+    :func:`~neuroplastic.kernels.autograd.event_linear`) or ``"torch"`` (dense
+    reference). Gradients flow to ``x`` and ``weight`` on every route (zero off the mask).
+    """
+    if weight.ndim != 2 or mask.shape != weight.shape:
+        raise UserError(
+            "weight must be [n_post, n_pre] and mask the same shape, "
+            f"got {tuple(weight.shape)} and {tuple(mask.shape)}"
+        )
+    if backend == "auto":
+        n_post, n_pre = weight.shape
+        rows = max(1, x.numel() // max(n_pre, 1))
+        rate = float((x != 0).sum()) / max(x.numel(), 1)
+        if cache is not None:
+            density = cache.structure(mask).density
+        else:
+            density = float(mask.count_nonzero()) / max(mask.numel(), 1)
+        backend = choose_backend(
+            x.device, density, rate, rows, size=n_pre * n_post, dense_weight=True
+        )
+    if backend == "torch":
+        return F.linear(x.to(weight.dtype), weight * mask.to(weight.dtype))
+    if backend in ("numba", "cuda"):
+        return event_linear(x, weight, mask, cache, backend)
+    raise UserError(f"backend must be 'auto', 'numba', 'cuda' or 'torch', got {backend!r}")
