@@ -6,26 +6,33 @@ Cost model (per call, ``B`` rows, layer ``n_pre x n_post``, density ``d``, firin
 
 .. math::
 
-    t_\text{event} &= o_e + n_\text{pre} n_\text{post}\,\Big(
-        \frac{B\, r\, d\; c_e}{\min(B, P)} + [\text{dense weight}]\; c_g \Big) \\
+    t_\text{event} &= o_e + n_\text{pre} n_\text{post}\,\Big(\min\Big(
+        \frac{B\, r\, d\; c_e}{\min(B, P)},\;
+        \frac{B\, d\, (1 - (1-r)^{B})\, c_c}{P}\ [B \ge 4]\Big)
+        + [\text{dense weight}]\; c_g \Big) \\
     t_\text{dense} &= o_d + n_\text{pre} n_\text{post}\,\big(c_w + B\, c_m
         + [\text{dense weight}]\; c_k \big)
 
-``c_e`` ns per synaptic event on one core (``P`` = cores; the CPU kernel parallelises
-over rows), ``c_m`` ns per multiply-add of torch's matmul, ``c_w`` ns per weight read by
-it, ``c_g`` ns per dense weight element to gather the nnz values from a dense parameter
-(``event_linear``), ``c_k`` ns per element for torch's ``weight * mask``; ``o_*`` fixed
-call overheads. Event-driven is chosen iff :math:`t_\text{event} < t_\text{dense}`.
-Ignoring the overheads and the dense-weight terms this is the rule
+``c_e`` ns per synaptic event on one core for the row push (``P`` = cores; it
+parallelises over rows), ``c_c`` ns per (synapse x batch row) for the column push
+(:func:`~neuroplastic.kernels.cpu.spmm_forward` picks the cheaper of the two), ``c_m``
+ns per multiply-add of torch's matmul, ``c_w`` ns per weight read by it, ``c_g`` ns per
+dense weight element to gather the nnz values from a dense parameter (``event_linear``),
+``c_k`` ns per element for torch's ``weight * mask``; ``o_*`` fixed call overheads.
+Event-driven is chosen iff :math:`t_\text{event} < t_\text{dense}`.
+Ignoring the overheads, the dense-weight terms and the column push this is the rule
 
 .. math:: r\, d < \frac{\min(B, P)}{B}\cdot\frac{c_w + B\,c_m}{c_e}
 
-i.e. event-driven wins when the *expected events per weight* stay below a
-batch-dependent threshold (about 0.04 at B = 32, see the docs table).
+i.e. the row push wins when the *expected events per weight* stay below a
+batch-dependent threshold (about 0.033 at B = 32); the column push caps the event cost
+at :math:`B d c_c / P` per weight, so at B >= 8 and density <= ~0.2 the event path is
+chosen at any rate (see the decision table in the docs).
 
-torch.sparse CSR is never chosen: on the measured grid it was slower than the numba
-kernel wherever it was faster than dense. No GPU was available: the CUDA rule
-(:data:`CUDA_MAX_EVENTS_PER_WEIGHT`) is a conservative placeholder, not a measurement.
+torch.sparse CSR is not a choice: with the column push, the numba forward covers the
+points where ``torch.sparse.mm`` beat the row push (many batch rows active per synapse).
+No GPU was available: the CUDA rule (:data:`CUDA_MAX_EVENTS_PER_WEIGHT`) is a
+conservative placeholder, not a measurement.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +55,8 @@ __all__ = ["CostModel", "COST", "choose_backend", "sparse_linear", "CUDA_MAX_EVE
 class CostModel:
     """Measured constants of the rule (ns, or ms for the fixed overheads)."""
 
-    event_ns: float  # c_e: per synaptic event, one core
+    event_ns: float  # c_e: per synaptic event, one core (row push)
+    column_ns: float  # c_c: per (synapse x batch row) of the column push, one core
     mac_ns: float  # c_m: per multiply-add in torch matmul (2 cores)
     weight_ns: float  # c_w: per weight element read by torch matmul
     gather_ns: float  # c_g: per dense weight element, nnz value gather
@@ -59,10 +68,10 @@ class CostModel:
     def event_ms(
         self, size: float, density: float, rate: float, batch: int, dense_weight: bool
     ) -> float:
-        par = max(1, min(batch, self.cores))
-        per = batch * rate * density * self.event_ns / par + (
-            self.gather_ns if dense_weight else 0.0
-        )
+        rows = batch * rate * density * self.event_ns / max(1, min(batch, self.cores))
+        active = 1.0 - (1.0 - rate) ** min(batch, 128)
+        cols = batch * density * active * self.column_ns / self.cores if batch >= 4 else np.inf
+        per = min(rows, cols) + (self.gather_ns if dense_weight else 0.0)
         return self.event_overhead_ms + size * per * 1e-6
 
     def dense_ms(self, size: float, batch: int, dense_weight: bool) -> float:
@@ -70,15 +79,21 @@ class CostModel:
         return self.dense_overhead_ms + size * per * 1e-6
 
 
-#: Fitted on the full default grid of ``bench_kernels.py`` (n = 4096), see docs/kernels.md.
+#: Measured on the 2-core development machine (AMD EPYC Zen 5, 32 MB L3) in a quiet
+#: window, n = 4096 (docs/kernels.md, "Measurements"): numba forward 0.52 ms for 1.11 M
+#: events on 2 threads -> ~1.0 ns/event/core; torch matmul 2.7 ms (B=1) and 8.9 ms
+#: (B=32) -> weight_ns + B*mac_ns; value gather 10.5 ms at density 0.1; weight*mask
+#: 0.5 ns/element (n=1024); call overheads from ``measure_overheads``. Refit with
+#: ``python benchmarks/bench_kernels.py --calibrate`` on a quiet machine.
 COST = CostModel(
     event_ns=1.0,
-    mac_ns=0.0166,
-    weight_ns=0.1,
-    gather_ns=0.6,
-    mask_ns=0.4,
-    event_overhead_ms=0.015,
-    dense_overhead_ms=0.010,
+    column_ns=0.15,
+    mac_ns=0.0118,
+    weight_ns=0.152,
+    gather_ns=0.63,
+    mask_ns=0.5,
+    event_overhead_ms=0.0055,
+    dense_overhead_ms=0.002,
     cores=min(2, os.cpu_count() or 1),
 )
 

@@ -35,7 +35,9 @@ steps :math:`\Delta T` from :math:`k_0` (and at :math:`k_1`), after the optimize
    :math:`\lceil r\,\mathrm{nnz}_l \rceil` smallest-|w| active weights and grow as many
    inactive ones (just-dropped positions included) with the largest
    :math:`|\partial L / \partial W|` of the current minibatch (``gradient``) or at random
-   (``random``). Grown weights start at exactly 0 with zero optimizer state. The death
+   (``random``). New connections start at exactly 0 with zero optimizer state (a weight
+   dropped and grown back in the same update keeps its value, as in GraNet's and RigL's
+   code). The death
    rate decays on a cosine,
    :math:`r(k) = r_{min} + \tfrac12 (r_0 - r_{min})(1 + \cos(\pi k / S))`
    (``death_rate`` :math:`r_0 = 0.5` -> ``death_rate_min`` 0.005 over the span of
@@ -58,7 +60,9 @@ over the steps of the whole stream.
 **Dormant-aware regeneration** (``dormant_aware``): firing rates of each spiking layer are
 accumulated between updates; neurons with score :math:`s_i \le \tau` (DrM) are dormant
 and up to ``dormant_share`` of a layer's regrowth goes to their incoming synapses (the
-largest |grad| among them), the rest as usual.
+largest |grad| among them), the rest as usual. With ``dormant_init > 0`` those new
+synapses start at ``dormant_init`` times the layer's mean active |w| (positive: the
+inputs are non-negative spikes, so this raises the dormant neuron's drive) instead of 0.
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ class SparseOptions:
     dormant_aware: bool = False
     dormant_share: float = 0.5
     dormant_tau: float = 0.025
+    dormant_init: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -169,8 +174,7 @@ class SparseOptions:
         if self.distribution not in DISTRIBUTIONS:
             bad("distribution", " or ".join(DISTRIBUTIONS))
         if not isinstance(self.layer_density, list) or not all(
-            isinstance(d, int | float) and not isinstance(d, bool) and 0 < d <= 1
-            for d in self.layer_density
+            isinstance(d, int | float) and not isinstance(d, bool) and 0 < d <= 1 for d in self.layer_density
         ):
             bad("layer_density", "a list of densities in (0, 1]")
         if self.distribution == "explicit" and not self.layer_density:
@@ -191,22 +195,16 @@ class SparseOptions:
             for key in ("start", "end") if self.prune else ("start",):
                 if getattr(self, key) != int(getattr(self, key)):
                     bad(key, "whole steps when unit = 'step'")
-        if (
-            isinstance(self.update_every, bool)
-            or not isinstance(self.update_every, int)
-            or self.update_every < 1
-        ):
+        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
             bad("update_every", "a positive integer (steps)")
         if self.span not in SPANS:
             bad("span", " or ".join(SPANS))
-        if (
-            isinstance(self.steps_per_task, bool)
-            or not isinstance(self.steps_per_task, int)
-            or self.steps_per_task < 0
-        ):
+        if isinstance(self.steps_per_task, bool) or not isinstance(self.steps_per_task, int) or self.steps_per_task < 0:
             bad("steps_per_task", "a non-negative integer (0: computed from the stream)")
         if not 0.0 <= num("dormant_share") <= 1.0:
             bad("dormant_share", "in [0, 1]")
+        if num("dormant_init") < 0:
+            bad("dormant_init", "a non-negative number")
         if not 0.0 <= num("dormant_tau") < 1.0:
             bad("dormant_tau", "in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -221,9 +219,7 @@ def _variant(name: str, **defaults):
             fields.append((f.name, f.type, field(default=defaults[f.name])))
     cls = dataclasses.make_dataclass(f"{name.capitalize()}Options", fields, bases=(SparseOptions,))
     cls._section = name
-    cls.__doc__ = (
-        f"Options of ``[{name}]`` (see :class:`SparseOptions`); defaults: {defaults or 'GraNet'}."
-    )
+    cls.__doc__ = f"Options of ``[{name}]`` (see :class:`SparseOptions`); defaults: {defaults or 'GraNet'}."
     return cls
 
 
@@ -282,28 +278,21 @@ class SparseTraining(Plugin):
         explicit = o.layer_density or None
         self._final_density = layer_densities(shapes, 1.0 - o.sparsity, o.distribution, explicit)
         total = sum(m.weight.numel() for _, m in self.layers)
-        self.s_f = (
-            1.0 - sum(self._final_density[n] * m.weight.numel() for n, m in self.layers) / total
-        )
+        self.s_f = 1.0 - sum(self._final_density[n] * m.weight.numel() for n, m in self.layers) / total
         if o.prune:
             if o.init_density < 1.0:
                 if o.distribution == "explicit":
-                    raise UserError(
-                        f"{self.name}.init_density < 1 needs distribution erk or uniform"
-                    )
+                    raise UserError(f"{self.name}.init_density < 1 needs distribution erk or uniform")
                 init_masks(model, o.init_density, o.distribution, None, self.generator, o.exclude)
             elif any(getattr(m, "mask", None) is not None for _, m in self.layers):
                 pass  # keep masks already there (e.g. loaded from a checkpoint)
         else:
             init_masks(model, 1.0 - o.sparsity, o.distribution, explicit, self.generator, o.exclude)
         self._init_density = {n: self._density(m) for n, m in self.layers}
-        self.s_i = (
-            1.0 - sum(self._init_density[n] * m.weight.numel() for n, m in self.layers) / total
-        )
+        self.s_i = 1.0 - sum(self._init_density[n] * m.weight.numel() for n, m in self.layers) / total
         if o.prune and self.s_i > self.s_f + 1e-12:
             raise UserError(
-                f"{self.name}: init_density {o.init_density} is already sparser than the "
-                f"target sparsity {o.sparsity}"
+                f"{self.name}: init_density {o.init_density} is already sparser than the target sparsity {o.sparsity}"
             )
         if o.regrow == "gradient":
             self.dense_grad = DenseGrad(self.layers)
@@ -332,9 +321,7 @@ class SparseTraining(Plugin):
         self.task0_steps = int(steps_per_task)
         self.cur_task_steps = int(steps_per_task)
         self.n_tasks = int(n_tasks)
-        self.span_steps = int(steps_per_task) * (
-            int(n_tasks) if self.opts.span == "all_tasks" else 1
-        )
+        self.span_steps = int(steps_per_task) * (int(n_tasks) if self.opts.span == "all_tasks" else 1)
 
     def on_task_start(self, task_id, task) -> None:
         self.task_id = task_id
@@ -402,9 +389,7 @@ class SparseTraining(Plugin):
         k, kr = self._clock()
         if k is None:
             if o.span == "each_task":
-                return cosine_death_rate(
-                    kr, self.cur_task_steps or 1, o.death_rate, o.death_rate_min
-                )
+                return cosine_death_rate(kr, self.cur_task_steps or 1, o.death_rate, o.death_rate_min)
             return float(o.death_rate_min)
         if self.span_steps is not None:
             total = self.span_steps
@@ -487,11 +472,7 @@ class SparseTraining(Plugin):
 
     def _masks(self) -> dict[str, torch.Tensor]:
         return {
-            n: (
-                m.mask.clone()
-                if getattr(m, "mask", None) is not None
-                else torch.ones_like(m.weight, dtype=torch.bool)
-            )
+            n: (m.mask.clone() if getattr(m, "mask", None) is not None else torch.ones_like(m.weight, dtype=torch.bool))
             for n, m in self.layers
         }
 
@@ -530,9 +511,7 @@ class SparseTraining(Plugin):
                 return
             scores = torch.cat(
                 [
-                    torch.where(
-                        masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)
-                    ).flatten()
+                    torch.where(masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)).flatten()
                     for n, m in self.layers
                 ]
             )
@@ -554,9 +533,7 @@ class SparseTraining(Plugin):
                 nnz = int(masks[n].sum())
                 if keep >= nnz:
                     continue
-                scores = torch.where(
-                    masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)
-                ).flatten()
+                scores = torch.where(masks[n], m.weight.detach().abs(), torch.full_like(m.weight, -1.0)).flatten()
                 new = torch.zeros_like(scores, dtype=torch.bool)
                 new[torch.topk(scores, keep, sorted=False).indices] = True
                 masks[n] = new.reshape(m.weight.shape)
@@ -600,10 +577,10 @@ class SparseTraining(Plugin):
             drop_idx = torch.topk(drop_scores, n_drop, largest=False, sorted=False).indices
             after = mask.flatten().clone()
             after[drop_idx] = False
-            m.weight.view(-1)[drop_idx] = 0.0  # regrown weights start at 0
             # grow: n_drop inactive positions with the largest score
             cand = ~after
             grow = torch.zeros_like(after)
+            grow_dormant = torch.zeros_like(after)
             n_grow = n_drop
             rows = self._dormant_rows(n, mask.shape[0]) if o.dormant_aware else None
             if rows is not None and bool(rows.any()):
@@ -612,20 +589,26 @@ class SparseTraining(Plugin):
                 pool = cand & in_rows
                 n_d = min(int(round(o.dormant_share * n_grow)), int(pool.sum()))
                 if n_d > 0:
-                    s = torch.where(
-                        pool, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0)
-                    )
-                    grow[torch.topk(s, n_d, sorted=False).indices] = True
-                    dorm_total += n_d
+                    s = torch.where(pool, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0))
+                    grow_dormant[torch.topk(s, n_d, sorted=False).indices] = True
+                    grow |= grow_dormant
                     n_grow -= n_d
                     cand = cand & ~grow
             if n_grow > 0:
-                s = torch.where(
-                    cand, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0)
-                )
+                s = torch.where(cand, score_grow.flatten(), torch.full_like(score_grow.flatten(), -1.0))
                 grow[torch.topk(s, n_grow, sorted=False).indices] = True
             new = (after | grow).reshape(mask.shape)
-            grown_total += int((grow & ~mask.flatten()).sum())
+            # new connections start at 0 (a dropped weight grown back at once keeps its
+            # value: it never left, as in GraNet's and RigL's code)
+            fresh = grow & ~mask.flatten()
+            flat_w = m.weight.view(-1)
+            flat_w[fresh] = 0.0
+            fresh_dormant = fresh & grow_dormant
+            if o.dormant_init > 0 and bool(fresh_dormant.any()):
+                scale = float(w[mask].abs().mean()) if nnz else 0.0
+                flat_w[fresh_dormant] = o.dormant_init * scale
+            grown_total += int(fresh.sum())
+            dorm_total += int(fresh_dormant.sum())
             masks[n] = new
         self._install(masks)
         return grown_total, dorm_total, dormant_neurons
@@ -661,9 +644,7 @@ class SparseTraining(Plugin):
         if not h["step"]:
             return {}
         out = {
-            k: np.asarray(
-                v, dtype=np.float64 if k in ("target", "sparsity", "death_rate") else np.int64
-            )
+            k: np.asarray(v, dtype=np.float64 if k in ("target", "sparsity", "death_rate") else np.int64)
             for k, v in h.items()
             if k != "layers"
         }

@@ -1,0 +1,415 @@
+r"""HLOP: Hebbian Learning based Orthogonal Projection (Xiao et al., ICLR 2024).
+
+Every protected synapse layer (presynaptic dimension ``D``: ``N_in``, or
+``C_in*k*k`` for a conv) gets a group of lateral *subspace neurons* with weights
+``H [M, D]``; their activity is ``y = H x``. At the start of task ``t`` ``k_t`` new
+neurons (random orthonormal rows) join the ``M_old`` neurons of earlier tasks; during
+training, after every optimizer step, the presynaptic activity ``X [n, D]`` of the
+minibatch drives ``hebb_iters`` iterations of the Oja subspace rule on the *new* rows
+only (old rows frozen):
+
+.. math::
+    Y = X H^\top, \qquad
+    \Delta H_{new} = \mathrm{clip}\big(\tfrac1n Y_{new}^\top (X - Y H),\,-10,\,10\big),
+    \qquad m \leftarrow 0.9\,m + 0.1\,\Delta H_{new}, \qquad H_{new} \leftarrow H_{new} + \eta\, m
+
+(Hebbian term :math:`Y^\top X`, anti-Hebbian lateral term :math:`-Y^\top Y H`; since the
+reconstruction uses all rows, the new rows converge to the principal subspace of the
+activity that the old rows do not yet explain). At the task's end the new rows are
+merged into the old ones. From task 1 on, the gradient of each protected weight is
+projected onto the complement of the old subspace,
+
+.. math:: dW \leftarrow dW\,(I - H_{old}^\top H_{old}),
+
+which is the gradient computed from the projected presynaptic activity
+:math:`\tilde x = x - H_{old}^\top H_{old} x`. As in the official code
+(pkuxmq/HLOP-SNN, ``modules/hlop_module.py``) the *learned* ``H_old`` is used as it is:
+the Oja rule drives its rows towards an orthonormal basis, so ``I - H^T H`` is close to an
+orthogonal projector (``orthonormalize = true`` replaces the old rows by an exact
+orthonormal basis of their span at each task end instead). The gradient passed to the
+layer's input is not projected (only ``weight.grad`` is touched).
+
+Activity: ``"spikes"`` uses every time step of the BPTT input as a sample
+(``X = last_input.reshape(T*B, D)``), ``"rate"`` the (weighted) firing rate over ``T``.
+Conv layers use unfolded patches; the gradient is projected either in weight form
+(``conv_mode = "weight"``: ``grad.reshape(C_out, -1)``) or in input form
+(``"input"``: from the unfolded, projected input and the gradient of the layer's
+output), the two agree exactly without spiking lateral neurons. ``spiking = true``
+rate-quantises ``y`` (:func:`~neuroplastic.plugins.projection.quantize`) in the Hebbian
+update and, in input form, in the projection.
+
+Freezing (``freeze_non_weights``, on by default as in the paper): after task 0 only
+parameters with ``ndim >= 2`` (synaptic weights) are trained; biases, thresholds, time
+constants and norm parameters stay frozen, since they would shift the response to old
+inputs in a way the projection cannot prevent.
+
+Order with other plugins: gradient transforms run in the order of the method string;
+use ``hlop+granet`` so the sparse mask is applied after the projection (HLOP never
+touches ``layer.mask``; the masked projected gradient is no longer exactly orthogonal).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..synapses import Conv2d
+from .base import Plugin
+from .projection import (
+    activity_matrix,
+    collect_activity,
+    energy_fraction,
+    hebbian_update,
+    input_dim,
+    is_weight,
+    orthonormalize,
+    project_weight_grad,
+    quantize,
+    random_orthonormal_rows,
+    reset_optimizer_state,
+    resolve_layers,
+    subspace_sizes,
+    unfold_patches,
+)
+
+__all__ = ["HLOP", "HLOPOptions"]
+
+_MODES = ("weight", "input")
+
+
+@dataclass
+class HLOPOptions:
+    """The ``[hlop]`` config section.
+
+    Subspace sizes (``init_size`` for task 0, ``inc_size`` added at every later task) are
+    lists with one entry per protected layer (or a single entry for all): an int is a
+    number of subspace neurons, a float in (0, 1] a fraction of the layer's input
+    dimension ``D``. The default scales the paper's PMNIST choice (784-800-800-10:
+    ``[80, 200, 100]`` then ``+70`` per task, the increment lowered by 20 every 3rd
+    task) to the layer sizes: 0.10 ``D`` for the input layer, 0.125 ``D`` for the last
+    layer, 0.25 ``D`` for the others; increments 0.09 ``D``, lowered by
+    ``inc_shrink * D`` at every ``inc_shrink_every``-th task. Totals are capped at ``D``.
+    """
+
+    layers: list | None = None          # protected synapse layers (default: all but a multi-head readout)
+    init_size: list | None = None       # subspace neurons at task 0, per layer
+    inc_size: list | None = None        # neurons added at each later task, per layer
+    inc_shrink: float = 0.025           # fraction of D removed from the increment ...
+    inc_shrink_every: int = 3           # ... at tasks that are multiples of this (0: never)
+    lr: float = 0.01                    # Hebbian learning rate
+    lr_input: float = 0.001             # ... for the network's input layer
+    momentum: float = 0.9
+    hebb_iters: int = 5                 # Oja iterations per minibatch
+    clip: float = 10.0
+    activity: str = "spikes"            # "spikes" (every step) or "rate" (firing rate over T)
+    rate_tau: float | None = None       # weighted rate: w_t ~ exp(-(T-1-t)/rate_tau) (None: mean)
+    max_rows: int | None = None         # random subset of activity rows per update (conv patches)
+    conv_mode: str = "weight"           # "weight" or "input" projection for conv layers
+    linear_mode: str = "weight"         # "weight" or "input" projection for linear layers
+    spiking: bool = False               # rate-quantised lateral neurons
+    spiking_scale: float = 20.0
+    spiking_steps: int = 1000
+    orthonormalize: bool = False        # replace old rows by an orthonormal basis at task end
+    init_complement: bool = True        # new rows start orthogonal to the old rows' span
+    freeze_non_weights: bool = True     # after task 0 train only ndim >= 2 parameters
+    reset_optimizer: bool = True        # fresh optimizer state (momentum) at each task start
+    energy_samples: int = 256           # samples for the subspace-energy records (0: off)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "lr_input", "clip", "spiking_scale"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ValueError(f"hlop.{key} must be a positive number, got {v!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"hlop.momentum must be in [0, 1), got {self.momentum!r}")
+        for key in ("hebb_iters", "spiking_steps"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"hlop.{key} must be a positive integer, got {v!r}")
+        for key in ("inc_shrink_every", "energy_samples", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"hlop.{key} must be a non-negative integer, got {v!r}")
+        if self.max_rows is not None and (not isinstance(self.max_rows, int) or self.max_rows < 1):
+            raise ValueError(f"hlop.max_rows must be a positive integer, got {self.max_rows!r}")
+        if self.activity not in ("spikes", "rate"):
+            raise ValueError(f"hlop.activity must be 'spikes' or 'rate', got {self.activity!r}")
+        if self.rate_tau is not None and not (isinstance(self.rate_tau, int | float) and self.rate_tau > 0):
+            raise ValueError(f"hlop.rate_tau must be a positive number, got {self.rate_tau!r}")
+        for key in ("conv_mode", "linear_mode"):
+            if getattr(self, key) not in _MODES:
+                raise ValueError(f"hlop.{key} must be 'weight' or 'input', got {getattr(self, key)!r}")
+        if not isinstance(self.inc_shrink, int | float) or self.inc_shrink < 0:
+            raise ValueError(f"hlop.inc_shrink must be a non-negative number, got {self.inc_shrink!r}")
+        for key in ("layers", "init_size", "inc_size"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, list | tuple):
+                raise ValueError(f"hlop.{key} must be a list, got {v!r}")
+
+
+def _complement_rows(new: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the projection of ``new`` onto the complement of
+    ``span(H)`` (same count; falls back to ``new`` where the complement is too small)."""
+    basis = orthonormalize(H).to(torch.float64)
+    r = new.to(torch.float64)
+    r = r - (r @ basis.T) @ basis
+    Q, R = torch.linalg.qr(r.T)
+    Q = Q * torch.sign(torch.diagonal(R)).unsqueeze(0)
+    if float(torch.diagonal(R).abs().min()) < 1e-6:
+        return new
+    return Q.T.to(new.dtype).contiguous()
+
+
+class HLOP(Plugin):
+    """Lateral Hebbian subspace circuits protecting old tasks by gradient projection."""
+
+    name = "hlop"
+    Options = HLOPOptions
+
+    def __init__(self, options: HLOPOptions | None = None) -> None:
+        self.opts = options or HLOPOptions()
+        self.task = -1
+        self.H: dict[str, torch.Tensor] = {}
+        self.mom: dict[str, torch.Tensor] = {}
+        self.n_old: dict[str, int] = {}
+        self.sizes: dict[str, list[int]] = {}
+        self.old_energy: dict[str, list[float]] = {}
+        self.captured_energy: dict[str, list[float]] = {}
+        self.activity: dict[str, list[torch.Tensor]] = {}
+        self._act_sum: dict[str, torch.Tensor] = {}
+        self._act_n = 0
+        self._gout: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+        self.hebbian_s = 0.0
+        self.projection_s = 0.0
+
+    # -- setup ------------------------------------------------------------------------
+    def setup(self, trainer) -> None:
+        self.trainer = trainer
+        o = self.opts
+        model = trainer.model
+        self.layers = resolve_layers(model, o.layers)
+        first = model.synapses()[0][0] if model.synapses() else None
+        self.dims = {n: input_dim(layer) for n, layer in self.layers.items()}
+        names = list(self.layers)
+        dims = [self.dims[n] for n in names]
+        syn_names = [n for n, _ in model.synapses()]
+        default_init = [0.10 if n == first else 0.125 if n == syn_names[-1] else 0.25 for n in names]
+        try:
+            self.init_sizes = dict(zip(names, subspace_sizes(o.init_size, dims, default_init)))
+            self.inc_sizes = dict(zip(names, subspace_sizes(o.inc_size, dims, [0.09] * len(names))))
+        except ValueError as exc:
+            from ..errors import UserError
+
+            raise UserError(f"[hlop] {exc}") from None
+        self.lrs = {n: (o.lr_input if n == first else o.lr) for n in names}
+        self.modes = {n: (o.conv_mode if isinstance(layer, Conv2d) else o.linear_mode)
+                      for n, layer in self.layers.items()}
+        dev = next(model.parameters()).device
+        for n, layer in self.layers.items():
+            layer.capture = True
+            self.H.setdefault(n, torch.zeros(0, self.dims[n], device=dev))
+            self.mom.setdefault(n, torch.zeros(0, self.dims[n], device=dev))
+            self.n_old.setdefault(n, 0)
+            for d in (self.sizes, self.old_energy, self.captured_energy, self.activity):
+                d.setdefault(n, [])
+            if self.modes[n] == "input":
+                self._hooks.append(layer.register_forward_hook(self._grad_catcher(n)))
+
+    def _grad_catcher(self, name: str):
+        def hook(module, inputs, out):
+            if out.requires_grad and self.task > 0 and self.n_old.get(name, 0) > 0:
+                out.register_hook(lambda g: self._gout.__setitem__(name, g.detach()))
+        return hook
+
+    @property
+    def _spiking(self) -> tuple[float, float] | None:
+        return (self.opts.spiking_scale, float(self.opts.spiking_steps)) if self.opts.spiking else None
+
+    def increment(self, name: str, task_id: int) -> int:
+        """Subspace neurons added to layer ``name`` at the start of task ``task_id``."""
+        if task_id == 0:
+            return self.init_sizes[name]
+        o = self.opts
+        k = self.inc_sizes[name]
+        if o.inc_shrink_every > 0 and o.inc_shrink > 0:
+            k -= (task_id // o.inc_shrink_every) * int(round(o.inc_shrink * self.dims[name]))
+        return max(k, 0)
+
+    # -- tasks ------------------------------------------------------------------------
+    def on_task_start(self, task_id: int, task) -> None:
+        o = self.opts
+        if task_id > 0 and o.reset_optimizer:
+            reset_optimizer_state(self.trainer.optimizer)
+        self.task = task_id
+        # how much of the new task's input energy lies in the old subspaces (at its start)
+        if task is not None and o.energy_samples > 0 and any(self.n_old[n] > 0 for n in self.layers):
+            acts = collect_activity(self.trainer, task.train, task.head, self.layers, o.energy_samples,
+                                    seed=o.seed + 7919 * task_id)
+            for n, layer in self.layers.items():
+                X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
+                basis = orthonormalize(self.H[n][: self.n_old[n]])
+                self.old_energy[n].append(energy_fraction(X, basis) if self.n_old[n] else 0.0)
+        else:
+            for n in self.layers:
+                self.old_energy[n].append(float("nan") if task_id == 0 else 0.0)
+        gen = torch.Generator().manual_seed(o.seed * 100003 + task_id)
+        for i, n in enumerate(self.layers):
+            H = self.H[n]
+            D = self.dims[n]
+            k = min(self.increment(n, task_id), D - H.shape[0])
+            new = random_orthonormal_rows(k, D, gen).to(H)
+            if o.init_complement and H.shape[0] and k:
+                new = _complement_rows(new, H)
+            self.H[n] = torch.cat([H, new])
+            self.mom[n] = torch.zeros(k, D, device=H.device, dtype=H.dtype)
+            self._act_sum[n] = torch.zeros(self.H[n].shape[0], device=H.device)
+        self._act_n = 0
+
+    def on_task_end(self, task_id: int, task) -> None:
+        o = self.opts
+        for n in self.layers:
+            self.activity[n].append((self._act_sum[n] / max(self._act_n, 1)).cpu())
+        if task is not None and o.energy_samples > 0:
+            acts = collect_activity(self.trainer, task.train, task.head, self.layers, o.energy_samples,
+                                    seed=o.seed + 7919 * task_id + 1)
+            for n, layer in self.layers.items():
+                X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
+                self.captured_energy[n].append(energy_fraction(X, orthonormalize(self.H[n])))
+        # merge: the rows of this task join the frozen old subspace
+        for n in self.layers:
+            if o.orthonormalize:
+                self.H[n] = orthonormalize(self.H[n])
+            M = self.H[n].shape[0]
+            self.n_old[n] = M
+            self.mom[n] = self.H[n].new_zeros(0, self.dims[n])
+            self.sizes[n].append(M)
+        self._gout.clear()
+
+    def trainable(self, name: str, param: torch.nn.Parameter, task_id: int) -> bool:
+        return not (self.opts.freeze_non_weights and task_id > 0 and not is_weight(param))
+
+    # -- steps ------------------------------------------------------------------------
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        if self.task <= 0:
+            return
+        t0 = time.perf_counter()
+        for n, layer in self.layers.items():
+            m = self.n_old[n]
+            g = layer.weight.grad
+            if m == 0 or g is None:
+                continue
+            H_old = self.H[n][:m]
+            if self.modes[n] == "weight":
+                g.copy_(project_weight_grad(g, H_old))
+            else:
+                gout = self._gout.pop(n, None)
+                if gout is None or layer.last_input is None:
+                    g.copy_(project_weight_grad(g, H_old))
+                else:
+                    g.sub_(self._input_correction(layer, layer.last_input, gout, H_old))
+        self.projection_s += time.perf_counter() - t0
+
+    def _input_correction(self, layer, x: torch.Tensor, gout: torch.Tensor, H_old: torch.Tensor) -> torch.Tensor:
+        r"""``G^T (H^T q(H x))``: the part of the weight gradient carried by the projection
+        of the presynaptic input onto the old subspace (summed over steps and samples)."""
+        sp = self._spiking
+        if isinstance(layer, Conv2d):
+            xi = x.reshape(-1, *x.shape[2:])
+            U = unfold_patches(layer, xi)                       # [n, D, L]
+            Y = torch.einsum("md,ndl->nml", H_old, U)           # [n, M, L]
+            if sp is not None:
+                Y = quantize(Y, *sp)
+            G = gout.reshape(xi.shape[0], gout.shape[2], -1)    # [n, C_out, L]
+            corr = torch.einsum("ncl,nml->cm", G, Y) @ H_old    # [C_out, D]
+            return corr.reshape(layer.weight.shape)
+        X = x.reshape(-1, x.shape[-1])
+        Y = X @ H_old.T
+        if sp is not None:
+            Y = quantize(Y, *sp)
+        G = gout.reshape(-1, gout.shape[-1])
+        return (G.T @ Y) @ H_old
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.task < 0:
+            return
+        t0 = time.perf_counter()
+        o = self.opts
+        for n, layer in self.layers.items():
+            x = layer.last_input
+            if x is None or self.H[n].shape[0] == 0:
+                continue
+            X = activity_matrix(layer, x, o.activity, o.rate_tau).to(self.H[n].dtype)
+            if o.max_rows is not None and X.shape[0] > o.max_rows:
+                idx = torch.randperm(X.shape[0], device=X.device)[: o.max_rows]
+                X = X[idx]
+            act = hebbian_update(X, self.H[n], self.mom[n], self.n_old[n], lr=self.lrs[n],
+                                 momentum=o.momentum, iters=o.hebb_iters, clip=o.clip,
+                                 spiking=self._spiking)
+            self._act_sum[n] += act
+        self._act_n += 1
+        self.hebbian_s += time.perf_counter() - t0
+
+    # -- records and state ------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        def clean(v):
+            return [None if isinstance(x, float) and math.isnan(x) else x for x in v]
+
+        return {"hlop": {
+            "layers": list(self.layers),
+            "subspace_sizes": {n: list(self.sizes[n]) for n in self.layers},
+            "old_subspace_energy": {n: clean(self.old_energy[n]) for n in self.layers},
+            "captured_energy": {n: clean(self.captured_energy[n]) for n in self.layers},
+            "hebbian_s": self.hebbian_s,
+            "projection_s": self.projection_s,
+        }}
+
+    def records(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n in self.layers:
+            out[n] = {
+                "sizes": torch.tensor(self.sizes[n], dtype=torch.int64),
+                "old_energy": torch.tensor(self.old_energy[n], dtype=torch.float64),
+                "captured_energy": torch.tensor(self.captured_energy[n], dtype=torch.float64),
+                "activity": {f"task_{i}": a for i, a in enumerate(self.activity[n])},
+                "H": self.H[n].detach().cpu(),
+            }
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "H": {n: t.detach().cpu().clone() for n, t in self.H.items()},
+            "momentum": {n: t.detach().cpu().clone() for n, t in self.mom.items()},
+            "n_old": dict(self.n_old),
+            "sizes": {n: list(v) for n, v in self.sizes.items()},
+            "old_energy": {n: list(v) for n, v in self.old_energy.items()},
+            "captured_energy": {n: list(v) for n, v in self.captured_energy.items()},
+            "activity": {n: [a.clone() for a in v] for n, v in self.activity.items()},
+            "hebbian_s": self.hebbian_s,
+            "projection_s": self.projection_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = None
+        if getattr(self, "trainer", None) is not None:
+            dev = next(self.trainer.model.parameters()).device
+        self.task = int(state["task"])
+        self.H = {n: t.to(dev) if dev else t.clone() for n, t in state["H"].items()}
+        self.mom = {n: t.to(dev) if dev else t.clone() for n, t in state["momentum"].items()}
+        self.n_old = {n: int(v) for n, v in state["n_old"].items()}
+        self.sizes = {n: [int(x) for x in v] for n, v in state["sizes"].items()}
+        self.old_energy = {n: [float(x) for x in v] for n, v in state["old_energy"].items()}
+        self.captured_energy = {n: [float(x) for x in v] for n, v in state["captured_energy"].items()}
+        self.activity = {n: [a.clone() for a in v] for n, v in state["activity"].items()}
+        self.hebbian_s = float(state.get("hebbian_s", 0.0))
+        self.projection_s = float(state.get("projection_s", 0.0))
+        self._act_sum = {n: torch.zeros(h.shape[0], device=h.device) for n, h in self.H.items()}
+        self._act_n = 0

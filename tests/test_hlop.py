@@ -1,0 +1,267 @@
+"""HLOP: the lateral Hebbian circuit, the projection, conv modes, state and a tiny run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neuroplastic.encoders import make_encoder
+from neuroplastic.network import cnn, mlp
+from neuroplastic.plugins import build_plugins
+from neuroplastic.plugins.hlop import HLOP, HLOPOptions
+from neuroplastic.plugins.projection import (
+    activity_matrix, hebbian_update, oja_subspace_step, orthonormalize, principal_angles,
+    quantize, random_orthonormal_rows, subspace_sizes,
+)
+from neuroplastic.training import TrainSettings, Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matmuls: one thread is faster and immune to a busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _synthetic(n: int, D: int, eig: list[float], rest: float, gen: torch.Generator):
+    """Zero-mean Gaussian data with known covariance eigenvectors (columns of Q)."""
+    Q, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=torch.float64))
+    lam = torch.full((D,), rest, dtype=torch.float64)
+    lam[: len(eig)] = torch.tensor(eig, dtype=torch.float64)
+    Z = torch.randn(n, D, generator=gen, dtype=torch.float64)
+    return (Z * lam.sqrt()) @ Q.T, Q
+
+
+def _train_circuit(X, H, mom, n_fixed, lr=0.005, batches=300, B=256, gen=None):
+    for _ in range(batches):
+        idx = torch.randint(0, X.shape[0], (B,), generator=gen)
+        hebbian_update(X[idx], H, mom, n_fixed, lr=lr, momentum=0.9, iters=5)
+
+
+def test_hebbian_circuit_recovers_principal_subspace():
+    gen = torch.Generator().manual_seed(0)
+    D = 24
+    X, Q = _synthetic(4000, D, [9.0, 6.0, 4.0, 1.5, 1.2], 0.1, gen)
+    X = X.float()
+    # the best any estimator can do from these samples: their second-moment eigenvectors
+    E = torch.linalg.eigh((X.T @ X).double() / len(X)).eigenvectors.flip(1).float()
+    # task 0: three subspace neurons learn the top-3 principal subspace
+    H = random_orthonormal_rows(3, D, gen)
+    mom = torch.zeros(3, D)
+    _train_circuit(X, H, mom, 0, gen=gen)
+    assert float(principal_angles(H, Q[:, :3].T.float()).max()) < math.radians(5)
+    assert float(principal_angles(H, E[:, :3].T).max()) < math.radians(3)
+    # the Oja rule makes the rows (nearly) orthonormal
+    assert torch.allclose(H @ H.T, torch.eye(3), atol=0.03)
+    # task 1: old rows frozen, two new neurons learn the next principal directions
+    H_old = H.clone()
+    H = torch.cat([H, random_orthonormal_rows(2, D, gen)])
+    mom = torch.zeros(2, D)
+    _train_circuit(X, H, mom, 3, gen=gen)
+    assert torch.equal(H[:3], H_old)
+    assert float(principal_angles(H[3:], Q[:, 3:5].T.float()).max()) < math.radians(5)
+    assert float(principal_angles(H[3:], E[:, 3:5].T).max()) < math.radians(3)
+    assert float(principal_angles(H, E[:, :5].T).max()) < math.radians(3)
+
+
+def test_vectorised_update_matches_reference_step():
+    """The vectorised iterations (old activity precomputed; covariance form for n > D)
+    equal plain repeated Oja steps with the EMA momentum of the official code."""
+    gen = torch.Generator().manual_seed(1)
+    for n, D in ((40, 30), (200, 12), (8, 30)):
+        X = torch.rand(n, D, generator=gen, dtype=torch.float64)
+        H0 = torch.randn(7, D, generator=gen, dtype=torch.float64) / math.sqrt(D)
+        H, mom = H0.clone(), torch.zeros(4, D, dtype=torch.float64)
+        hebbian_update(X, H, mom, 3, lr=0.02, momentum=0.9, iters=5)
+        Hr, mr = H0.clone(), torch.zeros(4, D, dtype=torch.float64)
+        for _ in range(5):
+            dH, _ = oja_subspace_step(X, Hr, 3)
+            mr = 0.9 * mr + 0.1 * dH
+            Hr[3:] += 0.02 * mr
+        assert torch.allclose(H, Hr, atol=1e-10)
+        assert torch.allclose(mom, mr, atol=1e-10)
+
+
+def test_quantize_and_sizes():
+    y = torch.tensor([-30.0, -0.0123, 0.0, 0.5, 25.0])
+    q = quantize(y, 20.0, 1000)
+    assert q[0] == -20 and q[-1] == 20
+    assert torch.allclose(q, torch.tensor([-20.0, -0.02, 0.0, 0.5, 20.0]))
+    assert subspace_sizes(None, [784, 256], [0.1, 0.125]) == [78, 32]
+    assert subspace_sizes([80], [784, 100], [0.1]) == [80, 80]
+    assert subspace_sizes([0.5, 1000], [10, 20], [0.1]) == [5, 20]
+    with pytest.raises(ValueError):
+        subspace_sizes([1, 2, 3], [10, 20], [0.1])
+
+
+def _trainer(model, plugins, T=3, lr=0.1):
+    settings = TrainSettings(epochs=1, batch_size=16, lr=lr, momentum=0.0, time_steps=T)
+    return Trainer(model, make_encoder("direct", T), settings, plugins, "cpu", 0, True)
+
+
+def _protect(plugin: HLOP, basis: dict[str, torch.Tensor]) -> None:
+    """Give ``plugin`` the old subspaces ``basis`` as if task 0 had learned them, then
+    start task 1 (which adds new, trainable subspace neurons)."""
+    plugin.on_task_start(0, None)
+    for name, B in basis.items():
+        plugin.H[name] = B.clone()
+        plugin.mom[name] = torch.zeros(0, B.shape[1])
+    plugin.on_task_end(0, None)
+    plugin.on_task_start(1, None)
+    plugin.trainer.task_id = 1
+    plugin.trainer.refresh_trainable()
+
+
+def test_projected_update_preserves_response_in_protected_subspace():
+    torch.manual_seed(0)
+    D, k = 20, 5
+    net = mlp([D, 6], bias=True)
+    basis = orthonormalize(torch.randn(k, D))
+    probe = torch.randn(12, k) @ basis  # inputs inside the protected subspace
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(16, D, generator=gen) for _ in range(5)]  # new task: not in it
+    ys = [torch.randint(0, 6, (16,), generator=gen) for _ in range(5)]
+
+    outs = {}
+    for method in ("hlop", "finetune"):
+        model = copy.deepcopy(net)
+        plugins = build_plugins(method, {"hlop": {"energy_samples": 0}} if method == "hlop" else {})
+        tr = _trainer(model, plugins)
+        if method == "hlop":
+            _protect(plugins.plugins[0], {"fc1": basis})
+            assert not model.layers["fc1"].bias.requires_grad  # frozen after task 0
+        with torch.no_grad():
+            before = tr.forward_logits(probe, None)
+        w0 = model.layers["fc1"].weight.detach().clone()
+        for x, y in zip(xs, ys):
+            tr.train_step(x, y, None)
+        with torch.no_grad():
+            after = tr.forward_logits(probe, None)
+        assert not torch.equal(model.layers["fc1"].weight, w0)  # it did learn
+        outs[method] = (after - before).abs().max().item()
+        if method == "hlop":
+            h = plugins.plugins[0]
+            assert torch.equal(h.H["fc1"][:k], basis)  # old rows frozen
+            assert h.H["fc1"].shape[0] > k  # new rows were added and trained
+    assert outs["hlop"] < 1e-5, outs
+    assert outs["finetune"] > 1e-2, outs
+
+
+@pytest.mark.parametrize("spiking", [False, True])
+def test_conv_input_and_weight_projection_agree(spiking):
+    torch.manual_seed(1)
+    net = cnn((1, 8, 8), channels=(3,), n_out=4, bias=False)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 64, generator=gen).reshape(6, 1, 8, 8)
+    y = torch.randint(0, 4, (6,), generator=gen)
+    basis = {"conv1": orthonormalize(torch.randn(4, 9, generator=gen)),
+             "fc": orthonormalize(torch.randn(10, 48, generator=gen))}
+    grads = {}
+    for mode in ("weight", "input", "none"):
+        model = copy.deepcopy(net)
+        opts = {"energy_samples": 0, "spiking": spiking, "spiking_scale": 4.0, "spiking_steps": 10**6}
+        if mode != "none":
+            opts.update(conv_mode=mode, linear_mode=mode)
+        plugins = build_plugins("hlop", {"hlop": opts})
+        tr = _trainer(model, plugins)
+        if mode != "none":
+            _protect(plugins.plugins[0], basis)
+        logits = tr.forward_logits(x, None)
+        F.cross_entropy(logits, y).backward()
+        plugins.after_backward()
+        grads[mode] = {n: model.layers[n].weight.grad.clone() for n in basis}
+    for n in basis:
+        gw, gi, g0 = grads["weight"][n], grads["input"][n], grads["none"][n]
+        assert torch.allclose(gw, gi, atol=1e-6, rtol=1e-4), n
+        assert not torch.allclose(gw, g0, atol=1e-6)
+        # the projected gradient does not move the response to protected patches
+        assert (gw.reshape(gw.shape[0], -1) @ basis[n].T).abs().max() < 1e-5
+
+
+def test_activity_matrix_shapes_and_direct_dedup():
+    lin = mlp([5, 3]).layers["fc1"]
+    x = torch.rand(4, 2, 5)
+    assert activity_matrix(lin, x).shape == (8, 5)
+    assert torch.allclose(activity_matrix(lin, x, "rate"), x.mean(0))
+    const = torch.rand(2, 5).unsqueeze(0).expand(4, 2, 5)  # direct encoding
+    assert activity_matrix(lin, const).shape == (2, 5)
+    conv = cnn((1, 6, 6), channels=(2,), n_out=3).layers["conv1"]
+    xc = torch.rand(3, 2, 1, 6, 6)
+    assert activity_matrix(conv, xc).shape == (3 * 2 * 36, 9)
+
+
+def test_options_validation_and_registry():
+    from neuroplastic.errors import UserError
+    from neuroplastic.plugins import REGISTRY, options_for, parse_method
+
+    assert {"hlop", "gpm", "ewc"} <= set(REGISTRY)
+    assert parse_method("hlop+ewc") == ["hlop", "ewc"]
+    assert isinstance(options_for("hlop", {"lr": 0.05}), HLOPOptions)
+    for bad in ({"activity": "trace"}, {"conv_mode": "x"}, {"lr": -1}, {"hebb_iters": 0},
+                {"nope": 1}):
+        with pytest.raises(UserError):
+            options_for("hlop", bad)
+
+
+def test_state_dict_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = mlp([12, 8, 3])
+    plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0, "init_size": [4, 3]}})
+    tr = _trainer(model, plugins)
+    h = plugins.plugins[0]
+    x, y = torch.rand(16, 12), torch.randint(0, 3, (16,))
+    for t in range(2):
+        plugins.on_task_start(t, None)
+        tr.task_id = t
+        for _ in range(3):
+            tr.train_step(x, y, None)
+        if t == 0:
+            plugins.on_task_end(t, None)
+    path = tmp_path / "state.pt"
+    torch.save(plugins.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    other = build_plugins("hlop", {"hlop": {"energy_samples": 0, "init_size": [4, 3]}})
+    _trainer(mlp([12, 8, 3]), other)
+    other.load_state_dict(state)
+    o = other.plugins[0]
+    assert o.task == h.task == 1
+    assert o.n_old == h.n_old and o.sizes == h.sizes
+    for n in h.H:
+        assert torch.equal(o.H[n], h.H[n]) and torch.equal(o.mom[n], h.mom[n])
+    assert len(o.activity["fc1"]) == 1
+
+
+def test_two_task_run_writes_records(tmp_path):
+    from neuroplastic.config import config_from_dict
+    from neuroplastic.continual import run
+    from neuroplastic.runfile import read_run_h5
+
+    cfg = config_from_dict({
+        "methods": ["hlop"], "seed": 0, "out": str(tmp_path / "run"), "quiet": True,
+        "data": {"dataset": "digits", "stream": "permuted", "tasks": 2, "max_per_task": 64},
+        "model": {"hidden": [16]},
+        "train": {"epochs": 1, "batch_size": 32, "time_steps": 2, "eval_batch_size": 512},
+        "hlop": {"energy_samples": 32},
+    })
+    run(cfg, echo=lambda *a: None)
+    out = tmp_path / "run"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "hlop" and m["tasks_done"] == 2
+    hl = m["hlop"]
+    assert hl["subspace_sizes"]["fc1"] == [78, 149] and len(hl["subspace_sizes"]["fc2"]) == 2
+    assert hl["old_subspace_energy"]["fc1"][0] is None
+    assert 0 < hl["old_subspace_energy"]["fc1"][1] < 1
+    rec = read_run_h5(out / "run.h5")["plugins"]["hlop"]
+    assert list(rec["fc1"]["sizes"]) == [78, 149]
+    assert rec["fc1"]["H"].shape == (149, 784)
+    assert rec["fc1"]["activity"]["task_1"].shape == (149,)
+    assert rec["fc2"]["old_energy"].shape == (2,)
+    ck = torch.load(out / "ckpt_task1.pt", weights_only=True)
+    assert ck["plugins"]["hlop"]["H"]["fc1"].shape == (149, 784)
