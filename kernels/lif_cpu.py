@@ -20,40 +20,24 @@ from numba import prange
 SURROGATE_IDS = {"atan": 0, "sigmoid": 1, "fast_sigmoid": 2, "triangle": 3, "rectangle": 4}
 
 
-@nb.njit(cache=True, inline="always")
-def _surrogate_grad(kind, alpha, x):
-    if kind == 0:
-        y = math.pi / 2 * alpha * x
-        return alpha / 2 / (1 + y * y)
-    if kind == 1:
-        s = 1.0 / (1.0 + math.exp(-alpha * x))
-        return alpha * s * (1 - s)
-    if kind == 2:
-        d = alpha * abs(x) + 1.0
-        return 1.0 / (d * d)
-    if kind == 3:
-        return alpha * max(0.0, 1 - alpha * abs(x))
-    return alpha if abs(x) < 0.5 / alpha else 0.0
-
-
 _BLOCK = 2048  # neurons per task: the block's state stays in L1/L2, the inner loop is SIMD
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def lif_forward(drive, v0, a, v_th, v_reset, subtract, z_out, vpre_out, v_out):
-    """``v_pre_t = a v_{t-1} + drive_t``; ``z_t = v_pre_t > v_th``; reset. In place."""
-    T, M = drive.shape
+def lif_forward(x, v0, a, gain, offset, v_th, v_reset, subtract, z_out, vpre_out, v_out):
+    """``v_pre_t = a v_{t-1} + gain x_t + offset``; ``z_t = v_pre_t > v_th``; reset. In place."""
+    T, M = x.shape
     nblocks = (M + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
         j0 = blk * _BLOCK
         j1 = min(j0 + _BLOCK, M)
         v = v0[j0:j1].copy()
         for t in range(T):
-            d = drive[t, j0:j1]
+            d = x[t, j0:j1]
             vp_row = vpre_out[t, j0:j1]
             z_row = z_out[t, j0:j1]
             for j in range(j1 - j0):
-                vp = a * v[j] + d[j]
+                vp = a * v[j] + (gain * d[j] + offset)
                 vp_row[j] = vp
                 spk = vp > v_th
                 z_row[j] = 1 if spk else 0
@@ -64,6 +48,31 @@ def lif_forward(drive, v0, a, v_th, v_reset, subtract, z_out, vpre_out, v_out):
         v_out[j0:j1] = v
 
 
+@nb.njit(cache=True, inline="always")
+def _surrogate_row(kind, alpha, vp_row, v_th, out):
+    """``out[j] = sigma'(vp_row[j] - v_th)``, one branch-free loop per surrogate (SIMD)."""
+    n = vp_row.shape[0]
+    if kind == 0:
+        c = math.pi / 2 * alpha
+        for j in range(n):
+            y = c * (vp_row[j] - v_th)
+            out[j] = alpha / 2 / (1 + y * y)
+    elif kind == 1:
+        for j in range(n):
+            s = 1.0 / (1.0 + math.exp(-alpha * (vp_row[j] - v_th)))
+            out[j] = alpha * s * (1 - s)
+    elif kind == 2:
+        for j in range(n):
+            d = alpha * abs(vp_row[j] - v_th) + 1.0
+            out[j] = 1.0 / (d * d)
+    elif kind == 3:
+        for j in range(n):
+            out[j] = alpha * max(0.0, 1 - alpha * abs(vp_row[j] - v_th))
+    else:
+        for j in range(n):
+            out[j] = alpha if abs(vp_row[j] - v_th) < 0.5 / alpha else 0.0
+
+
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha, gx_out, gv0_out):
     """Reverse-time BPTT through the LIF (see :mod:`neuroplastic.neurons.fused`)."""
@@ -72,26 +81,36 @@ def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha
     for blk in prange(nblocks):
         j0 = blk * _BLOCK
         j1 = min(j0 + _BLOCK, M)
-        dv = np.zeros(j1 - j0, gz.dtype)
+        n = j1 - j0
+        dv = np.zeros(n, gz.dtype)
+        sg = np.empty(n, gz.dtype)
         for t in range(T - 1, -1, -1):
             g_row = gz[t, j0:j1]
             vp_row = vpre[t, j0:j1]
             out_row = gx_out[t, j0:j1]
-            for j in range(j1 - j0):
-                vp = vp_row[j]
-                sg = _surrogate_grad(kind, alpha, vp - v_th)
-                dp = g_row[j] * sg
-                if subtract:
-                    dp += dv[j]
-                    if not detach:
-                        dp -= v_th * dv[j] * sg
-                else:
-                    if vp <= v_th:
-                        dp += dv[j]
-                    if not detach:
-                        dp += (v_reset - vp) * dv[j] * sg
-                out_row[j] = gain * dp
-                dv[j] = a * dp
+            _surrogate_row(kind, alpha, vp_row, v_th, sg)
+            if subtract and detach:
+                for j in range(n):
+                    dp = g_row[j] * sg[j] + dv[j]
+                    out_row[j] = gain * dp
+                    dv[j] = a * dp
+            elif subtract:
+                for j in range(n):
+                    dp = (g_row[j] - v_th * dv[j]) * sg[j] + dv[j]
+                    out_row[j] = gain * dp
+                    dv[j] = a * dp
+            elif detach:
+                for j in range(n):
+                    keep = 1.0 if vp_row[j] <= v_th else 0.0
+                    dp = g_row[j] * sg[j] + keep * dv[j]
+                    out_row[j] = gain * dp
+                    dv[j] = a * dp
+            else:
+                for j in range(n):
+                    keep = 1.0 if vp_row[j] <= v_th else 0.0
+                    dp = (g_row[j] + (v_reset - vp_row[j]) * dv[j]) * sg[j] + keep * dv[j]
+                    out_row[j] = gain * dp
+                    dv[j] = a * dp
         gv0_out[j0:j1] = dv
 
 

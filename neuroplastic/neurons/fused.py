@@ -46,27 +46,29 @@ except ImportError:  # pragma: no cover
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset):  # type: ignore[override]
-        drive = gain * x
-        if not (isinstance(v_leak, float | int) and v_leak == 0):
-            drive = drive + (1 - a) * v_leak
         ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
         ctx.v0_needs_grad = v0.requires_grad
-        if _numba_ok(drive, v0, scalars=(a, v_th, v_reset)) and drive.dim() >= 2:
-            drive = drive.contiguous()
-            T = drive.shape[0]
-            d2 = drive.reshape(T, -1)
-            v0c = v0.detach().expand_as(drive[0]).contiguous().reshape(-1).to(drive.dtype)
-            v_pre_all = torch.empty_like(d2)
-            z_all = torch.empty_like(d2)
+        offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
+        if _numba_ok(x, v0, scalars=(a, gain, v_th, v_reset, offset)) and x.dim() >= 2:
+            # the kernel computes v_pre = a v + gain x + offset itself: no pass over x here
+            xc = x.detach().contiguous()
+            T = xc.shape[0]
+            x2 = xc.reshape(T, -1)
+            v0c = v0.detach().expand_as(xc[0]).contiguous().reshape(-1).to(xc.dtype)
+            v_pre_all = torch.empty_like(x2)
+            z_all = torch.empty_like(x2)
             v = torch.empty_like(v0c)
-            np_t = d2.numpy().dtype.type
-            _lif_cpu.lif_forward(d2.numpy(), v0c.numpy(), np_t(a), np_t(v_th), np_t(v_reset),
-                                 reset == "subtract", z_all.numpy(), v_pre_all.numpy(), v.numpy())
-            shape = drive.shape
+            np_t = x2.numpy().dtype.type
+            _lif_cpu.lif_forward(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
+                                 np_t(v_reset), reset == "subtract", z_all.numpy(), v_pre_all.numpy(), v.numpy())
+            shape = xc.shape
             v_pre_all, z_all, v = v_pre_all.reshape(shape), z_all.reshape(shape), v.reshape(shape[1:])
             ctx.save_for_backward(v_pre_all)
             ctx.mark_non_differentiable(v_pre_all, v)
             return z_all, v_pre_all, v
+        drive = gain * x
+        if not (isinstance(v_leak, float | int) and v_leak == 0):
+            drive = drive + (1 - a) * v_leak
         v_pre_all = torch.empty_like(drive)
         z_all = torch.empty_like(drive)
         v = v0
