@@ -23,9 +23,9 @@ Two levels:
   in a :class:`CSRCache` and is rebuilt only when the mask changes.
 
 Cost note (measured, see ``docs/kernels.md``): gathering the values from a dense
-``[n_post, n_pre]`` weight reads nearly every cache line of it, about as expensive as one
-dense matmul at small batch. Amortise it: pass all time steps at once (``x [T, B, n]``)
-or call :func:`masked_values` once and :func:`event_linear_values` per step.
+``[n_post, n_pre]`` weight reads nearly every cache line of it (2.4-2.9 ms at 4096 x 4096,
+several times the event kernel at 2 % firing). Amortise it: pass all time steps at once
+(``x [T, B, n]``) or call :func:`masked_values` once and :func:`event_linear_values` per step.
 """
 
 from __future__ import annotations

@@ -79,19 +79,19 @@ class CostModel:
         return self.dense_overhead_ms + size * per * 1e-6
 
 
-#: Measured on the 2-core development machine (AMD EPYC Zen 5, 32 MB L3) in a quiet
-#: window, n = 4096 (docs/kernels.md, "Measurements"): numba forward 0.52 ms for 1.11 M
-#: events on 2 threads -> ~1.0 ns/event/core; torch matmul 2.7 ms (B=1) and 8.9 ms
-#: (B=32) -> weight_ns + B*mac_ns; value gather 10.5 ms at density 0.1; weight*mask
-#: 0.5 ns/element (n=1024); call overheads from ``measure_overheads``. Refit with
-#: ``python benchmarks/bench_kernels.py --calibrate`` on a quiet machine.
+#: Measured on the 2-core development machine (AMD EPYC Zen 5, 32 MB L3) in quiet
+#: windows, n = 4096 (docs/kernels.md, "Measurements"): row push 0.50-0.54 ms for 1.11 M
+#: events on 2 threads -> ~1.0 ns/event/core; column push ~0.15 ns per (synapse x row)
+#: single-threaded; torch matmul 2.7 ms (B=1) and 8.9 ms (B=32) -> weight_ns + B*mac_ns;
+#: value gather 2.4-2.9 ms and ``weight * mask`` ~40 ms at density 0.1; call overheads
+#: from ``measure_overheads``. Refit with ``bench_kernels.py --calibrate`` when quiet.
 COST = CostModel(
     event_ns=1.0,
     column_ns=0.15,
     mac_ns=0.0118,
     weight_ns=0.152,
-    gather_ns=0.63,
-    mask_ns=0.5,
+    gather_ns=0.16,
+    mask_ns=2.4,
     event_overhead_ms=0.0055,
     dense_overhead_ms=0.002,
     cores=min(2, os.cpu_count() or 1),

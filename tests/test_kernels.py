@@ -159,16 +159,23 @@ def test_torch_boundary_shares_memory():
 
 
 @SETTINGS
-@given(layers(), ROWS, st.integers(1, 3), KINDS, st.booleans())
-def test_spmm_forward_matches_dense(layer, rows, steps, kind, parallel):
+@given(
+    layers(),
+    ROWS,
+    st.integers(1, 3),
+    KINDS,
+    st.booleans(),
+    st.sampled_from(["auto", "rows", "cols"]),
+)
+def test_spmm_forward_matches_dense(layer, rows, steps, kind, parallel, method):
     with twins(parallel):
         weight, mask, dtype, rng = layer
         csr = csr_from_dense(weight, mask)
         x = activity(rng, (steps, rows, weight.shape[1]), dtype, kind)  # [T, B, n_pre]
-        y = spmm_forward(x, csr)
+        y = spmm_forward(x, csr, method=method)
         assert y.shape == (steps, rows, weight.shape[0]) and y.dtype == dtype
         np.testing.assert_allclose(y, x @ (weight * mask).T, **TOL[dtype])
-        yt = spmm_forward(torch.from_numpy(x), csr)
+        yt = spmm_forward(torch.from_numpy(x), csr, method=method)
         np.testing.assert_array_equal(yt.numpy(), y)
 
 
@@ -232,6 +239,23 @@ def test_eligibility_trace_matches_dense(layer, rows, kind, batched, parallel):
         n = rows if batched else 1
         expected = 0.8 * before + (np.atleast_2d(psi).T @ np.atleast_2d(xbar)) / n * mask
         np.testing.assert_allclose(csr.scatter_to_dense(trace), expected, **TOL[dtype])
+
+
+def test_forward_method_choice_and_blocks(monkeypatch):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((7, 11)).astype(np.float32)
+    csr = csr_from_dense(w, rng.random((7, 11)) < 0.5)
+    sparse = (rng.random((32, 11)) < 0.02).astype(np.float32)
+    busy = (rng.random((32, 11)) < 0.5).astype(np.float32)
+    assert cpu._choose_forward(sparse) == "rows" and cpu._choose_forward(busy) == "cols"
+    assert cpu._choose_forward(busy[:2]) == "rows"  # too few rows to share a synapse stream
+    monkeypatch.setattr(cpu, "COLUMN_BLOCK", 5)  # several row blocks
+    x = (rng.random((3, 13, 11)) < 0.5).astype(np.float32)
+    np.testing.assert_allclose(
+        spmm_forward(x, csr, method="cols"), x @ csr.to_dense().T, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(UserError):
+        spmm_forward(x, csr, method="diagonal")
 
 
 def test_kernel_input_errors():
