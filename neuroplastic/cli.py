@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance comparisons")
     b.add_argument("what", choices=["peers", "kernels"])
     b.add_argument("--json", help="write the rows as JSON to this file")
-    b.add_argument("--quick", action="store_true", help="fewer repetitions")
+    b.add_argument("--quick", action="store_true", help="fewer repetitions (kernels: n <= 1024)")
     return p
 
 

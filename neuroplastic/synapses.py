@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 try:
+    from neuroplastic.kernels import dispatch as _dispatch
     from neuroplastic.kernels import spike_linear as _spike_linear
 except ImportError:  # pragma: no cover - numba missing: dense path only
-    _spike_linear = None
+    _dispatch = _spike_linear = None
 
 __all__ = ["Synapse", "Linear", "Conv2d", "AvgPool2d", "MaxPool2d", "Flatten", "is_synapse"]
 
@@ -72,17 +73,46 @@ class Linear(Synapse, nn.Linear):
     sparse enough on the CPU (rule in :func:`~neuroplastic.kernels.spike_linear.event_dense_worthwhile`),
     else as one dense matmul; ``"dense"`` always uses the matmul; ``"event"`` always the
     event-driven kernel (CPU float tensors). Results agree to float rounding.
+
+    With a ``mask`` (sparse synapses) ``"auto"`` asks
+    :func:`neuroplastic.kernels.dispatch.choose_backend` (the measured cost model of
+    docs/kernels.md) whether the event-driven CSR kernels beat the masked dense product;
+    ``"event"`` forces the CSR kernels. Their CSR structure is cached per layer and rebuilt
+    only when the mask changes.
     """
 
     backend: str = "auto"
+    _csr_cache = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
+        if self.mask is not None and self.backend != "dense" and _dispatch is not None:
+            y = self._sparse_forward(x)
+            if y is not None:
+                return y
         w = self.effective_weight()
         if self.backend != "dense" and _spike_linear is not None:
             if self.backend == "event" or _spike_linear.event_dense_worthwhile(x, w):
                 return _spike_linear.spike_linear(x, w, self.bias)
         return F.linear(x, w, self.bias)
+
+    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """CSR event-driven product when chosen (``None``: use a dense route)."""
+        if self._csr_cache is None:
+            self._csr_cache = _dispatch.CSRCache()
+        backend = "numba" if self.backend == "event" and x.device.type == "cpu" else (
+            "cuda" if self.backend == "event" else "auto")
+        if backend == "auto":
+            rows = max(1, x.numel() // self.in_features)
+            sample = x.reshape(-1)[::61]
+            rate = float(torch.count_nonzero(sample)) / max(sample.numel(), 1)
+            density = self._csr_cache.structure(self.mask).density
+            backend = _dispatch.choose_backend(x.device, density, rate, rows,
+                                               size=self.weight.numel(), dense_weight=True)
+            if backend == "torch":
+                return None
+        y = _dispatch.sparse_linear(x, self.weight, self.mask, self._csr_cache, backend)
+        return y + self.bias if self.bias is not None else y
 
 
 def _time_batched(fn, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import neuroplastic.kernels.formats as formats
 import numpy as np
@@ -396,11 +394,9 @@ def test_choose_backend_rule():
 
 
 def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from neuroplastic.bench import kernels
+
+    return kernels
 
 
 def test_benchmark_rows_and_cli(tmp_path, capsys):
