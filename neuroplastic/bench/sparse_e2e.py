@@ -70,9 +70,10 @@ def step_ms(backend: str, repeats: int = 10) -> float:
 
 
 def run(epochs: int = 2, repeats: int = 10) -> dict:
-    out = {b: train_digits(b, epochs) for b in ("event", "dense")}
+    out = {b: train_digits(b, epochs) for b in ("event", "dense", "auto")}
     out["step_event_ms"] = step_ms("event", repeats)
     out["step_dense_ms"] = step_ms("dense", repeats)
+    out["step_auto_ms"] = step_ms("auto", repeats)
     return out
 
 
@@ -82,10 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     a = p.parse_args(argv)
     r = run(a.epochs)
-    for b in ("event", "dense"):
+    for b in ("event", "dense", "auto"):
         print(f"{b:>6}: accuracy {r[b]['accuracy']:.2f}%  training {r[b]['train_s']:.1f} s")
-    print(f"training step T=25 B=128 rate 0.1: event {r['step_event_ms']:.1f} ms, "
-          f"masked dense {r['step_dense_ms']:.1f} ms")
+    print(f"training step T=25 B=128 rate 0.1: CSR event {r['step_event_ms']:.1f} ms, "
+          f"masked dense {r['step_dense_ms']:.1f} ms, auto dispatch {r['step_auto_ms']:.1f} ms")
     if a.json:
         write_json(a.json, r)
     return 0
