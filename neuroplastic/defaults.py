@@ -10,7 +10,7 @@ from __future__ import annotations
 from .config import RunConfig, config_from_dict
 
 DEFAULT = {
-    "methods": ["finetune", "multitask"],
+    "methods": ["finetune", "hlop", "multitask"],
     "seed": 0,
     "out": "runs/default",
     "data": {"dataset": "digits", "stream": "permuted", "tasks": 5},

@@ -15,10 +15,16 @@ from neuroplastic.network import cnn, mlp
 from neuroplastic.plugins import build_plugins
 from neuroplastic.plugins.hlop import HLOP, HLOPOptions
 from neuroplastic.plugins.projection import (
-    activity_matrix, hebbian_update, oja_subspace_step, orthonormalize, principal_angles,
-    quantize, random_orthonormal_rows, subspace_sizes,
+    activity_matrix,
+    hebbian_update,
+    oja_subspace_step,
+    orthonormalize,
+    principal_angles,
+    quantize,
+    random_orthonormal_rows,
+    subspace_sizes,
 )
-from neuroplastic.training import TrainSettings, Trainer
+from neuroplastic.training import Trainer, TrainSettings
 
 
 @pytest.fixture(autouse=True)
@@ -265,3 +271,68 @@ def test_two_task_run_writes_records(tmp_path):
     assert rec["fc2"]["old_energy"].shape == (2,)
     ck = torch.load(out / "ckpt_task1.pt", weights_only=True)
     assert ck["plugins"]["hlop"]["H"]["fc1"].shape == (149, 784)
+
+
+def test_projection_leaves_masks_alone_and_composes_with_sparse_plugins():
+    from neuroplastic.plugins import REGISTRY
+
+    torch.manual_seed(2)
+    model = mlp([12, 8, 3])
+    fc1 = model.layers["fc1"]
+    fc1.set_mask(torch.rand(8, 12) < 0.5)
+    mask = fc1.mask
+    plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0}})
+    tr = _trainer(model, plugins)
+    basis = orthonormalize(torch.randn(3, 12))
+    _protect(plugins.plugins[0], {"fc1": basis, "fc2": orthonormalize(torch.randn(2, 8))})
+    x, y = torch.rand(16, 12), torch.randint(0, 3, (16,))
+    F.cross_entropy(tr.forward_logits(x, None), y).backward()
+    plugins.after_backward()
+    assert fc1.mask is mask and fc1.mask_version == 1  # untouched
+    assert (fc1.weight.grad @ basis.T).abs().max() < 1e-6  # projected (not re-masked by HLOP)
+    if "granet" not in REGISTRY:
+        return
+    # hlop+granet: projection first, then the sparse plugin masks; a few steps over 2 tasks
+    model = mlp([12, 8, 3])
+    plugins = build_plugins("hlop+granet", {"hlop": {"energy_samples": 0},
+                                            "granet": {"sparsity": 0.5, "update_every": 2, "unit": "step",
+                                                       "start": 0, "end": 6}})
+    tr = _trainer(model, plugins)
+    for t in range(2):
+        plugins.on_task_start(t, None)
+        tr.task_id = t
+        tr.refresh_trainable()
+        for _ in range(4):
+            tr.train_step(x, y, None)
+        plugins.on_task_end(t, None)
+    for name, layer in model.synapses():
+        if layer.mask is not None:
+            assert not layer.weight[~layer.mask].any(), name
+
+
+def test_projection_modes_give_the_same_training():
+    """weight / input / auto projection (and the Hebbian step reusing the input form's
+    old-subspace activity) train the same network to float rounding."""
+    torch.manual_seed(3)
+    net = mlp([40, 64, 5])  # fc1: few distinct rows -> the G^T (Y H) order and the cache
+    gen = torch.Generator().manual_seed(4)
+    basis = {"fc1": orthonormalize(torch.randn(20, 40, generator=gen)),
+             "fc2": orthonormalize(torch.randn(4, 64, generator=gen))}
+    data = [(torch.rand(16, 40, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(4)]
+    res = {}
+    for mode in ("weight", "input", "auto"):
+        model = mlp([40, 64, 5])
+        model.load_state_dict(net.state_dict())
+        plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0, "linear_mode": mode,
+                                                  "inc_size": [5, 3]}})
+        tr = _trainer(model, plugins, lr=0.05)
+        _protect(plugins.plugins[0], basis)
+        h = plugins.plugins[0]
+        for x, y in data:
+            tr.train_step(x, y, None)
+            if mode != "weight":
+                assert h._cheaper_mode(model.layers["fc1"], 20) == "input"
+        res[mode] = (model.layers["fc1"].weight.detach().clone(), plugins.plugins[0].H["fc1"].clone())
+    for mode in ("input", "auto"):
+        assert torch.allclose(res[mode][0], res["weight"][0], atol=1e-5)
+        assert torch.allclose(res[mode][1], res["weight"][1], atol=1e-5)

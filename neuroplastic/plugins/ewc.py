@@ -37,11 +37,11 @@ __all__ = ["EWC", "EWCOptions"]
 class EWCOptions:
     """The ``[ewc]`` config section."""
 
-    lam: float = 1000.0           # penalty strength lambda
+    lam: float = 100.0            # penalty strength lambda
     online: bool = True           # one running Fisher (gamma decay) instead of one per task
     gamma: float = 1.0            # decay of the running Fisher (online)
     fisher_samples: int = 256     # training samples for the Fisher estimate
-    fisher_batch_size: int = 8
+    fisher_batch_size: int = 1    # 1: the per-sample empirical Fisher
     fisher: str = "empirical"     # "empirical" (true labels) or "sampled" (model's labels)
     reset_optimizer: bool = True
     seed: int = 0

@@ -34,8 +34,14 @@ import torch
 
 from .base import Plugin
 from .projection import (
-    activity_matrix, collect_activity, energy_fraction, input_dim, is_weight,
-    project_weight_grad, reset_optimizer_state, resolve_layers,
+    activity_matrix,
+    collect_activity,
+    energy_fraction,
+    input_dim,
+    is_weight,
+    project_weight_grad,
+    reset_optimizer_state,
+    resolve_layers,
 )
 
 __all__ = ["GPM", "GPMOptions", "gpm_update"]

@@ -31,10 +31,12 @@ layer's input is not projected (only ``weight.grad`` is touched).
 
 Activity: ``"spikes"`` uses every time step of the BPTT input as a sample
 (``X = last_input.reshape(T*B, D)``), ``"rate"`` the (weighted) firing rate over ``T``.
-Conv layers use unfolded patches; the gradient is projected either in weight form
-(``conv_mode = "weight"``: ``grad.reshape(C_out, -1)``) or in input form
-(``"input"``: from the unfolded, projected input and the gradient of the layer's
-output), the two agree exactly without spiking lateral neurons. ``spiking = true``
+Conv layers use unfolded patches. The gradient is projected either in weight form
+(``"weight"``: ``grad.reshape(C_out, -1) (I - H^T H)``) or in input form (``"input"``:
+``G^T`` times the old-subspace part of the (unfolded) input, ``G`` the gradient of the
+layer's output); the two agree exactly without spiking lateral neurons.
+``linear_mode = "auto"`` (default) takes the cheaper one per layer; ``conv_mode``
+defaults to ``"weight"``. ``spiking = true``
 rate-quantises ``y`` (:func:`~neuroplastic.plugins.projection.quantize`) in the Hebbian
 update and, in input form, in the projection.
 
@@ -104,12 +106,13 @@ class HLOPOptions:
     lr_input: float = 0.001             # ... for the network's input layer
     momentum: float = 0.9
     hebb_iters: int = 5                 # Oja iterations per minibatch
+    hebb_every: int = 1                 # Hebbian update on every k-th training step
     clip: float = 10.0
     activity: str = "spikes"            # "spikes" (every step) or "rate" (firing rate over T)
     rate_tau: float | None = None       # weighted rate: w_t ~ exp(-(T-1-t)/rate_tau) (None: mean)
     max_rows: int | None = None         # random subset of activity rows per update (conv patches)
     conv_mode: str = "weight"           # "weight" or "input" projection for conv layers
-    linear_mode: str = "weight"         # "weight" or "input" projection for linear layers
+    linear_mode: str = "auto"           # "auto", "input" or "weight" projection for linear layers
     spiking: bool = False               # rate-quantised lateral neurons
     spiking_scale: float = 20.0
     spiking_steps: int = 1000
@@ -127,7 +130,7 @@ class HLOPOptions:
                 raise ValueError(f"hlop.{key} must be a positive number, got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"hlop.momentum must be in [0, 1), got {self.momentum!r}")
-        for key in ("hebb_iters", "spiking_steps"):
+        for key in ("hebb_iters", "hebb_every", "spiking_steps"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"hlop.{key} must be a positive integer, got {v!r}")
@@ -141,9 +144,10 @@ class HLOPOptions:
             raise ValueError(f"hlop.activity must be 'spikes' or 'rate', got {self.activity!r}")
         if self.rate_tau is not None and not (isinstance(self.rate_tau, int | float) and self.rate_tau > 0):
             raise ValueError(f"hlop.rate_tau must be a positive number, got {self.rate_tau!r}")
-        for key in ("conv_mode", "linear_mode"):
-            if getattr(self, key) not in _MODES:
-                raise ValueError(f"hlop.{key} must be 'weight' or 'input', got {getattr(self, key)!r}")
+        if self.conv_mode not in _MODES:
+            raise ValueError(f"hlop.conv_mode must be 'weight' or 'input', got {self.conv_mode!r}")
+        if self.linear_mode not in (*_MODES, "auto"):
+            raise ValueError(f"hlop.linear_mode must be 'auto', 'weight' or 'input', got {self.linear_mode!r}")
         if not isinstance(self.inc_shrink, int | float) or self.inc_shrink < 0:
             raise ValueError(f"hlop.inc_shrink must be a non-negative number, got {self.inc_shrink!r}")
         for key in ("layers", "init_size", "inc_size"):
@@ -183,7 +187,9 @@ class HLOP(Plugin):
         self.activity: dict[str, list[torch.Tensor]] = {}
         self._act_sum: dict[str, torch.Tensor] = {}
         self._act_n = 0
+        self._steps = 0
         self._gout: dict[str, torch.Tensor] = {}
+        self._old_cache: dict[str, tuple] = {}
         self._hooks: list = []
         self.hebbian_s = 0.0
         self.projection_s = 0.0
@@ -218,7 +224,7 @@ class HLOP(Plugin):
             self.n_old.setdefault(n, 0)
             for d in (self.sizes, self.old_energy, self.captured_energy, self.activity):
                 d.setdefault(n, [])
-            if self.modes[n] == "input":
+            if self.modes[n] in ("input", "auto"):
                 self._hooks.append(layer.register_forward_hook(self._grad_catcher(n)))
 
     def _grad_catcher(self, name: str):
@@ -253,13 +259,13 @@ class HLOP(Plugin):
                                     seed=o.seed + 7919 * task_id)
             for n, layer in self.layers.items():
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
-                basis = orthonormalize(self.H[n][: self.n_old[n]])
-                self.old_energy[n].append(energy_fraction(X, basis) if self.n_old[n] else 0.0)
+                m = self.n_old[n]
+                self.old_energy[n].append(energy_fraction(X, self.H[n][:m], orthonormal=False) if m else 0.0)
         else:
             for n in self.layers:
                 self.old_energy[n].append(float("nan") if task_id == 0 else 0.0)
         gen = torch.Generator().manual_seed(o.seed * 100003 + task_id)
-        for i, n in enumerate(self.layers):
+        for n in self.layers:
             H = self.H[n]
             D = self.dims[n]
             k = min(self.increment(n, task_id), D - H.shape[0])
@@ -270,6 +276,7 @@ class HLOP(Plugin):
             self.mom[n] = torch.zeros(k, D, device=H.device, dtype=H.dtype)
             self._act_sum[n] = torch.zeros(self.H[n].shape[0], device=H.device)
         self._act_n = 0
+        self._steps = 0
 
     def on_task_end(self, task_id: int, task) -> None:
         o = self.opts
@@ -280,7 +287,7 @@ class HLOP(Plugin):
                                     seed=o.seed + 7919 * task_id + 1)
             for n, layer in self.layers.items():
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
-                self.captured_energy[n].append(energy_fraction(X, orthonormalize(self.H[n])))
+                self.captured_energy[n].append(energy_fraction(X, self.H[n], orthonormal=False))
         # merge: the rows of this task join the frozen old subspace
         for n in self.layers:
             if o.orthonormalize:
@@ -306,17 +313,38 @@ class HLOP(Plugin):
             if m == 0 or g is None:
                 continue
             H_old = self.H[n][:m]
-            if self.modes[n] == "weight":
+            mode = self.modes[n]
+            if mode == "auto":
+                mode = self._cheaper_mode(layer, m)
+            if mode == "weight" or getattr(layer, "mask", None) is not None:
+                # masked (sparse) layers: project the gradient autograd computed (already
+                # zero off the mask); the sparse plugin masks the result again after us
+                self._gout.pop(n, None)
                 g.copy_(project_weight_grad(g, H_old))
             else:
                 gout = self._gout.pop(n, None)
                 if gout is None or layer.last_input is None:
                     g.copy_(project_weight_grad(g, H_old))
                 else:
-                    g.sub_(self._input_correction(layer, layer.last_input, gout, H_old))
+                    g.sub_(self._input_correction(n, layer, layer.last_input, gout, H_old))
         self.projection_s += time.perf_counter() - t0
 
-    def _input_correction(self, layer, x: torch.Tensor, gout: torch.Tensor, H_old: torch.Tensor) -> torch.Tensor:
+    def _cheaper_mode(self, layer, M: int) -> str:
+        """``linear_mode = "auto"``: the cheaper of the two (equal) projections for this
+        layer and minibatch; ``"input"`` with spiking lateral neurons (it quantises)."""
+        x = layer.last_input
+        if self.opts.spiking:
+            return "input"
+        if x is None or layer.weight.ndim != 2:
+            return "weight"
+        C, D = layer.weight.shape
+        n = x.shape[1] if (x.shape[0] > 1 and x.stride(0) == 0) else x.shape[0] * x.shape[1]
+        weight_cost = 2 * C * D * M
+        input_cost = n * D * M + min(n * D * (M + C), n * C * M + C * M * D)
+        return "input" if input_cost < weight_cost else "weight"
+
+    def _input_correction(self, name: str, layer, x: torch.Tensor, gout: torch.Tensor,
+                          H_old: torch.Tensor) -> torch.Tensor:
         r"""``G^T (H^T q(H x))``: the part of the weight gradient carried by the projection
         of the presynaptic input onto the old subspace (summed over steps and samples)."""
         sp = self._spiking
@@ -329,30 +357,47 @@ class HLOP(Plugin):
             G = gout.reshape(xi.shape[0], gout.shape[2], -1)    # [n, C_out, L]
             corr = torch.einsum("ncl,nml->cm", G, Y) @ H_old    # [C_out, D]
             return corr.reshape(layer.weight.shape)
-        X = x.reshape(-1, x.shape[-1])
+        if x.shape[0] > 1 and x.stride(0) == 0:
+            # the same input at every step (direct encoding): sum the output gradient
+            # over T instead of repeating the input rows
+            X, G = x[0], gout.sum(0)
+        else:
+            X, G = x.reshape(-1, x.shape[-1]), gout.reshape(-1, gout.shape[-1])
         Y = X @ H_old.T
         if sp is not None:
             Y = quantize(Y, *sp)
-        G = gout.reshape(-1, gout.shape[-1])
+        n, M, D, C = X.shape[0], H_old.shape[0], H_old.shape[1], G.shape[1]
+        if n * D * (M + C) < n * C * M + C * M * D:  # few rows: G^T (Y H) is cheaper
+            YH = Y @ H_old
+            if self.opts.activity == "spikes":  # the Hebbian step reuses Y and Y H
+                self._old_cache[name] = (x, Y, YH)
+            return G.T @ YH
         return (G.T @ Y) @ H_old
 
     @torch.no_grad()
     def after_step(self) -> None:
         if self.task < 0:
             return
-        t0 = time.perf_counter()
         o = self.opts
+        self._steps += 1
+        if (self._steps - 1) % o.hebb_every:
+            self._old_cache.clear()
+            return
+        t0 = time.perf_counter()
         for n, layer in self.layers.items():
             x = layer.last_input
             if x is None or self.H[n].shape[0] == 0:
                 continue
             X = activity_matrix(layer, x, o.activity, o.rate_tau).to(self.H[n].dtype)
+            cached = self._old_cache.pop(n, None)
+            old = cached[1:] if cached is not None and cached[0] is x else None
             if o.max_rows is not None and X.shape[0] > o.max_rows:
                 idx = torch.randperm(X.shape[0], device=X.device)[: o.max_rows]
                 X = X[idx]
+                old = None if old is None else (old[0][idx], old[1][idx])
             act = hebbian_update(X, self.H[n], self.mom[n], self.n_old[n], lr=self.lrs[n],
                                  momentum=o.momentum, iters=o.hebb_iters, clip=o.clip,
-                                 spiking=self._spiking)
+                                 spiking=self._spiking, old=old)
             self._act_sum[n] += act
         self._act_n += 1
         self.hebbian_s += time.perf_counter() - t0

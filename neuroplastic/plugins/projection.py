@@ -147,7 +147,8 @@ def oja_subspace_step(X: torch.Tensor, H: torch.Tensor, n_fixed: int,
 
 def hebbian_update(X: torch.Tensor, H: torch.Tensor, mom: torch.Tensor, n_fixed: int, *,
                    lr: float, momentum: float = 0.9, iters: int = 5, clip: float = 10.0,
-                   spiking: tuple[float, float] | None = None) -> torch.Tensor:
+                   spiking: tuple[float, float] | None = None,
+                   old: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     r"""``iters`` Oja-subspace iterations on one minibatch, in place on the free rows of
     ``H`` and their momentum ``mom [M - n_fixed, D]`` (an exponential average as in the
     official code: ``m <- mu m + (1 - mu) dH``, ``H <- H + lr m``).
@@ -158,8 +159,10 @@ def hebbian_update(X: torch.Tensor, H: torch.Tensor, mom: torch.Tensor, n_fixed:
     (:math:`\Delta H_f = \tfrac1n Y_f^\top (P - Y_f H_f)`, the same numbers as
     :func:`oja_subspace_step`). Without ``spiking`` and with more rows than dimensions
     (``n > D``, conv patches) the second-moment matrix ``C = X^T X / n`` is used instead:
-    :math:`\Delta H_f = H_f C - (H_f C H^\top) H`. Returns ``|Y|`` averaged over samples
-    (first iteration), per subspace neuron ``[M]``.
+    :math:`\Delta H_f = H_f C - (H_f C H^\top) H`. ``old = (Y_old, Y_old H_old)`` passes
+    the frozen rows' (possibly quantised) activity and reconstruction when the caller has
+    them already (HLOP's input-form projection computes both for the same rows). Returns
+    ``|Y|`` averaged over samples (first iteration), per subspace neuron ``[M]``.
     """
     n, D = X.shape
     if H.shape[0] == 0:
@@ -180,10 +183,13 @@ def hebbian_update(X: torch.Tensor, H: torch.Tensor, mom: torch.Tensor, n_fixed:
             H_f.add_(mom, alpha=lr)
         return act
     if n_fixed:
-        Y_old = X @ H_old.T
-        if spiking is not None:
-            Y_old = quantize(Y_old, *spiking)
-        P = X - Y_old @ H_old
+        if old is not None:
+            Y_old, P = old[0], X - old[1]
+        else:
+            Y_old = X @ H_old.T
+            if spiking is not None:
+                Y_old = quantize(Y_old, *spiking)
+            P = X - Y_old @ H_old
         act_old = Y_old.abs().mean(0)
     else:
         P, act_old = X, H.new_zeros(0)
@@ -236,17 +242,33 @@ def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.arccos(s)
 
 
-def energy_fraction(X: torch.Tensor, H: torch.Tensor) -> float:
-    r"""Average over rows of :math:`\|H x\|^2 / \|x\|^2` (rows with ``x = 0`` skipped):
-    how much of the activity lies in the subspace of ``H`` (exact for orthonormal ``H``)."""
+def energy_fraction(X: torch.Tensor, H: torch.Tensor, orthonormal: bool = True) -> float:
+    r"""Average over rows of :math:`\|P x\|^2 / \|x\|^2` (rows with ``x = 0`` skipped),
+    ``P`` the orthogonal projector onto the span of the rows of ``H``: how much of the
+    activity lies in that subspace. ``orthonormal=True`` trusts ``H`` to have orthonormal
+    rows (``P = H^T H``); otherwise :math:`\|Px\|^2 = y^\top (H H^\top)^{-1} y` with
+    ``y = H x`` (a Cholesky solve; exact for any full-rank ``H``)."""
     if H.shape[0] == 0 or X.shape[0] == 0:
         return 0.0
     nx = (X * X).sum(1)
     keep = nx > 0
     if not bool(keep.any()):
         return 0.0
-    ny = ((X[keep] @ H.T) ** 2).sum(1)
-    return float((ny / nx[keep]).mean())
+    Y = X[keep] @ H.T
+    if orthonormal:
+        ny = (Y * Y).sum(1)
+    else:
+        Hd, Yd = H.double(), Y.double()
+        G = Hd @ Hd.T
+        eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
+        L, info = torch.linalg.cholesky_ex(G + 1e-10 * G.diagonal().mean() * eye)
+        if int(info) != 0:  # rank-deficient rows: fall back to an orthonormal basis
+            Q = orthonormalize(H).double()
+            ny = ((X[keep].double() @ Q.T) ** 2).sum(1)
+        else:
+            Z = torch.linalg.solve_triangular(L, Yd.T, upper=False)
+            ny = (Z * Z).sum(0)
+    return float((ny / nx[keep].to(ny.dtype)).mean())
 
 
 # -- trainer helpers --------------------------------------------------------------------
