@@ -2,8 +2,8 @@
 accuracy as with the masked-dense path (same seed)."""
 
 import torch
-
 from neuroplastic.datasets import load_digits
+
 from neuroplastic.encoders import make_encoder
 from neuroplastic.network import mlp
 from neuroplastic.training import Trainer, TrainSettings

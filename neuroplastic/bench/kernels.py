@@ -33,8 +33,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from neuroplastic.kernels import CSRCache, cpu, csr_from_dense, event_linear
 from numba import njit, prange
+
+from neuroplastic.kernels import CSRCache, cpu, csr_from_dense, event_linear
 
 ROW_KEYS = (
     "rate",
