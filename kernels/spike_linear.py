@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numba import prange
 
-__all__ = ["spike_linear", "event_dense_worthwhile", "MAX_DENSITY"]
+__all__ = ["spike_linear", "event_dense_worthwhile", "sampled_density", "MAX_DENSITY"]
 
 #: above this input density the dense matmul is faster (measured, docs/kernels.md)
 MAX_DENSITY = 0.2
@@ -160,5 +160,11 @@ def event_dense_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if weight.shape[0] < 64 or x.numel() * weight.shape[0] < 2**22:  # the dense matmul wins
         return False
-    sample = x.reshape(-1)[::61]
-    return int(torch.count_nonzero(sample)) <= MAX_DENSITY * sample.numel()
+    return sampled_density(x) <= MAX_DENSITY
+
+
+def sampled_density(x: torch.Tensor, stride: int = 61) -> float:
+    """Fraction of nonzero entries of ``x`` estimated on every ``stride``-th entry (a prime
+    stride, so it does not alias with layer widths)."""
+    sample = x.reshape(-1)[::stride]
+    return int(torch.count_nonzero(sample)) / max(sample.numel(), 1)

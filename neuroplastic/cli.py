@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_overrides(cfg, a):
-    from .config import DataConfig, config_from_dict
+    from .config import DataConfig, revalidate
 
     data = {}
     if a.dataset:
@@ -85,12 +85,7 @@ def _apply_overrides(cfg, a):
         for n in set(sparse):
             plugins[n] = {**plugins.get(n, {}), "sparsity": a.sparsity}
         cfg = replace(cfg, plugins=plugins)
-    # re-validate the whole thing (plugin sections, methods)
-    import tomllib  # noqa: I001
-
-    from .config import to_toml
-
-    return config_from_dict(tomllib.loads(to_toml(cfg)))
+    return revalidate(cfg)  # plugin sections and methods, after the overrides
 
 
 SPARSE_METHODS = ("granet", "gmp", "rigl", "set", "static")

@@ -25,7 +25,7 @@ from .errors import UserError
 from .plugins import options_for, parse_method
 from .training import TrainSettings
 
-__all__ = ["DataConfig", "ModelConfig", "RunConfig", "load_config", "config_from_dict", "to_toml"]
+__all__ = ["DataConfig", "ModelConfig", "RunConfig", "load_config", "config_from_dict", "revalidate", "to_toml"]
 
 
 @dataclass
@@ -167,6 +167,11 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     if isinstance(kw.get("methods"), str):
         kw["methods"] = [kw["methods"]]
     return RunConfig(plugins=plugins, **kw)
+
+
+def revalidate(cfg: RunConfig) -> RunConfig:
+    """Validate a config again after programmatic changes (as if written and re-read)."""
+    return config_from_dict(tomllib.loads(to_toml(cfg)))
 
 
 def load_config(path: str | Path) -> RunConfig:

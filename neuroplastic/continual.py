@@ -151,6 +151,7 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
             dormant_hist.setdefault(k, []).append(v)
         wall = time.perf_counter() - t0
         R_done = [row[: i + 1] for row in R]
+        sparsity = model_sparsity(model)
         metrics = {
             "method": method,
             "acc_matrix": R,
@@ -159,8 +160,8 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
             "tasks_done": i + 1,
             "tasks": [t.name for t in stream.tasks],
             "wall_s": wall,
-            "sparsity": model_sparsity(model)["overall"],
-            "sparsity_per_layer": model_sparsity(model),
+            "sparsity": sparsity["overall"],
+            "sparsity_per_layer": sparsity,
             "dormant_ratio": dormant,
             **plugins.metrics(),
         }

@@ -91,7 +91,7 @@ def unit_gain_r(tau_mem: float, dt: float, integration: str) -> float:
     return 1.0 / (1.0 - a)
 
 
-def _neuron(kind: str, idx: int, neuron_kw: dict) -> nn.Module:
+def _neuron(kind: str, neuron_kw: dict) -> nn.Module:
     if kind not in NEURONS or kind == "li":
         raise UserError(f"unknown neuron {kind!r}; choose one of lif, if, cubalif, alif")
     kw = dict(neuron_kw)
@@ -106,7 +106,7 @@ def _readout(readout: str, neuron: str, neuron_kw: dict) -> nn.Module:
         kw.setdefault("tau_mem", 1e-2)
         return LI(r=unit_gain_r(kw["tau_mem"], kw.get("dt", 1e-3), kw.get("integration", "exact")), **kw)
     if readout == "spikes":
-        return _neuron(neuron, -1, neuron_kw)
+        return _neuron(neuron, neuron_kw)
     raise UserError(f"readout must be 'li' or 'spikes', got {readout!r}")
 
 
@@ -124,7 +124,7 @@ def mlp(sizes: Sequence[int], neuron: str = "lif", readout: str = "li", n_heads:
     layers: list[tuple[str, nn.Module]] = []
     for i in range(len(sizes) - 2):
         layers.append((f"fc{i + 1}", Linear(sizes[i], sizes[i + 1], bias=bias)))
-        layers.append((f"{neuron}{i + 1}", _neuron(neuron, i, neuron_kw)))
+        layers.append((f"{neuron}{i + 1}", _neuron(neuron, neuron_kw)))
     n_out = sizes[-1]
     layers.append((f"fc{len(sizes) - 1}", Linear(sizes[-2], n_out * n_heads, bias=bias)))
     layers.append(("readout", _readout(readout, neuron, neuron_kw)))
@@ -140,7 +140,7 @@ def cnn(in_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (16, 32
     layers: list[tuple[str, nn.Module]] = []
     for i, ch in enumerate(channels):
         layers.append((f"conv{i + 1}", Conv2d(c, ch, kernel_size, padding=kernel_size // 2, bias=bias)))
-        layers.append((f"{neuron}{i + 1}", _neuron(neuron, i, neuron_kw)))
+        layers.append((f"{neuron}{i + 1}", _neuron(neuron, neuron_kw)))
         layers.append((f"pool{i + 1}", AvgPool2d(2)))
         c, h, w = ch, h // 2, w // 2
     if h < 1 or w < 1:

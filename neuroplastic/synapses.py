@@ -100,12 +100,11 @@ class Linear(Synapse, nn.Linear):
         """CSR event-driven product when chosen (``None``: use a dense route)."""
         if self._csr_cache is None:
             self._csr_cache = _dispatch.CSRCache()
-        backend = "numba" if self.backend == "event" and x.device.type == "cpu" else (
-            "cuda" if self.backend == "event" else "auto")
-        if backend == "auto":
+        if self.backend == "event":
+            backend = "numba" if x.device.type == "cpu" else "cuda"
+        else:
             rows = max(1, x.numel() // self.in_features)
-            sample = x.reshape(-1)[::61]
-            rate = float(torch.count_nonzero(sample)) / max(sample.numel(), 1)
+            rate = _spike_linear.sampled_density(x)
             density = self._csr_cache.structure(self.mask).density
             backend = _dispatch.choose_backend(x.device, density, rate, rows,
                                                size=self.weight.numel(), dense_weight=True)

@@ -70,16 +70,22 @@ def _ours(config: str, weights):
     return net, lambda x: net(x)
 
 
-def _snntorch(weights):
-    import snntorch as snn
-
+def _linears(weights) -> nn.ModuleList:
+    """The peers' ``nn.Linear`` layers holding ``weights``."""
     fcs = nn.ModuleList([nn.Linear(a, b) for a, b in zip(SIZES[:-1], SIZES[1:])])
-    lifs = nn.ModuleList([snn.Leaky(beta=BETA, reset_mechanism="zero", reset_delay=False,
-                                    spike_grad=snn.surrogate.atan(alpha=2.0)) for _ in fcs])
     with torch.no_grad():
         for fc, (w, b) in zip(fcs, weights):
             fc.weight.copy_(w)
             fc.bias.copy_(b)
+    return fcs
+
+
+def _snntorch(weights):
+    import snntorch as snn
+
+    fcs = _linears(weights)
+    lifs = nn.ModuleList([snn.Leaky(beta=BETA, reset_mechanism="zero", reset_delay=False,
+                                    spike_grad=snn.surrogate.atan(alpha=2.0)) for _ in fcs])
     model = nn.ModuleDict({"fcs": fcs, "lifs": lifs})
 
     def forward(x):
@@ -98,13 +104,9 @@ def _snntorch(weights):
 def _norse(weights):
     import norse.torch as norse
 
-    fcs = nn.ModuleList([nn.Linear(a, b) for a, b in zip(SIZES[:-1], SIZES[1:])])
+    fcs = _linears(weights)
     cells = nn.ModuleList([norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.tensor(100.0)), dt=1e-3)
                            for _ in fcs])
-    with torch.no_grad():
-        for fc, (w, b) in zip(fcs, weights):
-            fc.weight.copy_(w)
-            fc.bias.copy_(b)
     model = nn.ModuleDict({"fcs": fcs, "cells": cells})
 
     def forward(x):

@@ -29,18 +29,18 @@ from ..surrogate import Surrogate
 __all__ = ["lif_multistep_fused"]
 
 
+try:  # the numba kernels are optional at import time (pure-torch fallback below)
+    from neuroplastic.kernels import lif_cpu as _lif_cpu
+except ImportError:  # pragma: no cover
+    _lif_cpu = None
+
+
 def _numba_ok(*tensors, scalars=()) -> bool:
     """The numba CPU kernels take CPU float tensors and scalar parameters."""
     if _lif_cpu is None:
         return False
     return all(isinstance(s, float | int) for s in scalars) and all(
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
-
-
-try:  # the numba kernels are optional at import time (pure-torch fallback below)
-    from neuroplastic.kernels import lif_cpu as _lif_cpu
-except ImportError:  # pragma: no cover
-    _lif_cpu = None
 
 
 class _FusedLIF(torch.autograd.Function):
