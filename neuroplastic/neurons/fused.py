@@ -46,6 +46,7 @@ def _numba_ok(*tensors, scalars=()) -> bool:
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset):  # type: ignore[override]
+        ctx.set_materialize_grads(False)  # v_pre and v carry no gradient: no zero tensors for them
         ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
         ctx.v0_needs_grad = v0.requires_grad
         offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
@@ -90,6 +91,8 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gz, _gv_pre, _gv):  # type: ignore[override]
         (v_pre_all,) = ctx.saved_tensors
+        if gz is None:  # the spikes were not used by the loss
+            return (None,) * 10
         a, gain, v_th, v_reset, surrogate, reset, detach_reset = ctx.params
         if _numba_ok(gz, v_pre_all, scalars=(a, gain, v_th, v_reset)) and gz.dim() >= 2:
             T = gz.shape[0]
