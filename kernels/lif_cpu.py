@@ -48,35 +48,46 @@ def lif_forward(x, v0, a, gain, offset, v_th, v_reset, subtract, z_out, vpre_out
         v_out[j0:j1] = v
 
 
+def surrogate_constants(kind: int, alpha: float, dtype) -> np.ndarray:
+    """Constants of :func:`lif_backward` in the arrays' dtype (``[1, 0, alpha, c]``, ``c`` the
+    surrogate's inner scale), so that float32 data is never promoted to float64 by a float
+    literal inside the kernel (which would halve the SIMD width)."""
+    inner = {0: math.pi / 2 * alpha, 4: 0.5 / alpha}.get(kind, alpha)
+    return np.array([1.0, 0.0, alpha, inner], dtype=dtype)
+
+
 @nb.njit(cache=True, inline="always")
-def _surrogate_row(kind, alpha, vp_row, v_th, out):
+def _surrogate_row(kind, cst, vp_row, v_th, out):
     """``out[j] = sigma'(vp_row[j] - v_th)``, one branch-free loop per surrogate (SIMD)."""
     n = vp_row.shape[0]
+    one, zero, alpha, c = cst[0], cst[1], cst[2], cst[3]
     if kind == 0:
-        c = math.pi / 2 * alpha
+        half_alpha = alpha / (one + one)
         for j in range(n):
             y = c * (vp_row[j] - v_th)
-            out[j] = alpha / 2 / (1 + y * y)
+            out[j] = half_alpha / (one + y * y)
     elif kind == 1:
         for j in range(n):
-            s = 1.0 / (1.0 + math.exp(-alpha * (vp_row[j] - v_th)))
-            out[j] = alpha * s * (1 - s)
+            s = one / (one + math.exp(-alpha * (vp_row[j] - v_th)))
+            out[j] = alpha * s * (one - s)
     elif kind == 2:
         for j in range(n):
-            d = alpha * abs(vp_row[j] - v_th) + 1.0
-            out[j] = 1.0 / (d * d)
+            d = alpha * abs(vp_row[j] - v_th) + one
+            out[j] = one / (d * d)
     elif kind == 3:
         for j in range(n):
-            out[j] = alpha * max(0.0, 1 - alpha * abs(vp_row[j] - v_th))
+            out[j] = alpha * max(zero, one - alpha * abs(vp_row[j] - v_th))
     else:
         for j in range(n):
-            out[j] = alpha if abs(vp_row[j] - v_th) < 0.5 / alpha else 0.0
+            out[j] = alpha if abs(vp_row[j] - v_th) < c else zero
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha, gx_out, gv0_out):
-    """Reverse-time BPTT through the LIF (see :mod:`neuroplastic.neurons.fused`)."""
+def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, cst, gx_out, gv0_out):
+    """Reverse-time BPTT through the LIF (see :mod:`neuroplastic.neurons.fused`); scalars and
+    ``cst`` (:func:`surrogate_constants`) in the arrays' dtype."""
     T, M = gz.shape
+    one, zero = cst[0], cst[1]
     nblocks = (M + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
         j0 = blk * _BLOCK
@@ -88,7 +99,7 @@ def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha
             g_row = gz[t, j0:j1]
             vp_row = vpre[t, j0:j1]
             out_row = gx_out[t, j0:j1]
-            _surrogate_row(kind, alpha, vp_row, v_th, sg)
+            _surrogate_row(kind, cst, vp_row, v_th, sg)
             if subtract and detach:
                 for j in range(n):
                     dp = g_row[j] * sg[j] + dv[j]
@@ -101,13 +112,13 @@ def lif_backward(gz, vpre, a, gain, v_th, v_reset, subtract, detach, kind, alpha
                     dv[j] = a * dp
             elif detach:
                 for j in range(n):
-                    keep = 1.0 if vp_row[j] <= v_th else 0.0
+                    keep = one if vp_row[j] <= v_th else zero
                     dp = g_row[j] * sg[j] + keep * dv[j]
                     out_row[j] = gain * dp
                     dv[j] = a * dp
             else:
                 for j in range(n):
-                    keep = 1.0 if vp_row[j] <= v_th else 0.0
+                    keep = one if vp_row[j] <= v_th else zero
                     dp = (g_row[j] + (v_reset - vp_row[j]) * dv[j]) * sg[j] + keep * dv[j]
                     out_row[j] = gain * dp
                     dv[j] = a * dp

@@ -99,9 +99,12 @@ class _FusedLIF(torch.autograd.Function):
             g2 = gz.contiguous().to(v_pre_all.dtype).reshape(T, -1)
             gx = torch.empty_like(g2)
             gv0 = torch.empty_like(g2[0])
-            _lif_cpu.lif_backward(g2.numpy(), v_pre_all.reshape(T, -1).numpy(), float(a), float(gain),
-                                  float(v_th), float(v_reset), reset == "subtract", bool(detach_reset),
-                                  _lif_cpu.SURROGATE_IDS[surrogate.name], float(surrogate.alpha),
+            vp = v_pre_all.reshape(T, -1).numpy()
+            np_t = vp.dtype.type
+            kind = _lif_cpu.SURROGATE_IDS[surrogate.name]
+            _lif_cpu.lif_backward(g2.numpy(), vp, np_t(a), np_t(gain), np_t(v_th), np_t(v_reset),
+                                  reset == "subtract", bool(detach_reset), kind,
+                                  _lif_cpu.surrogate_constants(kind, float(surrogate.alpha), vp.dtype),
                                   gx.numpy(), gv0.numpy())
             gv0 = gv0.reshape(gz.shape[1:]) if ctx.v0_needs_grad else None
             return gx.reshape(gz.shape), gv0, None, None, None, None, None, None, None, None
