@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from neuroplastic.errors import UserError
 
 from .autograd import CSRCache, event_linear
+from .spike_linear import sampled_density, spike_applicable, spike_linear, spike_ms
 
 __all__ = ["CostModel", "COST", "choose_backend", "sparse_linear", "CUDA_MAX_EVENTS_PER_WEIGHT"]
 
@@ -109,12 +110,20 @@ def choose_backend(
     *,
     size: int | None = None,
     dense_weight: bool = False,
+    spike: bool = False,
 ) -> str:
-    """``"numba"`` | ``"cuda"`` | ``"torch"`` for a layer with this density and input rate.
+    """``"numba"`` | ``"cuda"`` | ``"spike"`` | ``"torch"`` for a layer with this density
+    and input rate.
 
     ``size`` = ``n_pre * n_post`` (default: large, fixed overheads ignored);
     ``dense_weight=True`` charges the per-call value gather (event path) and the
-    ``weight * mask`` product (dense path) of a dense-parameter layer.
+    ``weight * mask`` product (dense path) of a dense-parameter layer. ``spike=True``
+    admits a third CPU route: the masked weight ``weight * mask`` multiplied by the
+    spike gather of :func:`~neuroplastic.kernels.spike_linear.spike_linear` (event-driven
+    in the *inputs*, dense in the synapses; cost
+    :func:`~neuroplastic.kernels.spike_linear.spike_ms`). It beats the CSR push above
+    a density of about ``SPIKE_ADD_NS * P / c_e`` (~6%): a CSR event is a scattered
+    read-modify-write, a gathered add is one lane of a contiguous SIMD row.
     """
     if not (0.0 <= density <= 1.0 and 0.0 <= firing_rate <= 1.0):
         raise UserError(f"density and firing_rate must lie in [0, 1], got {density}, {firing_rate}")
@@ -127,9 +136,14 @@ def choose_backend(
         return "torch"
     if size is None:
         size = 1 << 30
-    ev = COST.event_ms(size, density, firing_rate, batch, dense_weight)
-    de = COST.dense_ms(size, batch, dense_weight)
-    return "numba" if ev < de else "torch"
+    costs = {
+        "numba": COST.event_ms(size, density, firing_rate, batch, dense_weight),
+        "torch": COST.dense_ms(size, batch, dense_weight),
+    }
+    if spike:
+        mask = COST.mask_ns * size * 1e-6 if dense_weight else 0.0
+        costs["spike"] = spike_ms(batch, size, 1, firing_rate) + mask + COST.dense_overhead_ms
+    return min(costs, key=costs.__getitem__)
 
 
 def sparse_linear(
@@ -141,10 +155,10 @@ def sparse_linear(
 ) -> torch.Tensor:
     """``x @ (weight * mask).T`` by the fastest expected route (or the one asked for).
 
-    ``backend``: ``"auto"`` (:func:`choose_backend` with the measured firing rate of
+    ``backend``: ``"auto"`` (:func:`choose_backend` with the sampled firing rate of
     ``x`` and the mask density), ``"numba"``, ``"cuda"`` (event-driven via
-    :func:`~neuroplastic.kernels.autograd.event_linear`) or ``"torch"`` (dense
-    reference). Gradients flow to ``x`` and ``weight`` on every route (zero off the mask).
+    :func:`~neuroplastic.kernels.autograd.event_linear`), ``"spike"`` (spike gather on the
+    masked weight, CPU) or ``"torch"`` (dense reference). Gradients flow to ``x`` and ``weight`` on every route (zero off the mask).
     """
     if weight.ndim != 2 or mask.shape != weight.shape:
         raise UserError(
@@ -154,16 +168,17 @@ def sparse_linear(
     if backend == "auto":
         n_post, n_pre = weight.shape
         rows = max(1, x.numel() // max(n_pre, 1))
-        rate = float((x != 0).sum()) / max(x.numel(), 1)
+        rate = sampled_density(x)
         if cache is not None:
             density = cache.structure(mask).density
         else:
             density = float(mask.count_nonzero()) / max(mask.numel(), 1)
-        backend = choose_backend(
-            x.device, density, rate, rows, size=n_pre * n_post, dense_weight=True
-        )
+        backend = choose_backend(x.device, density, rate, rows, size=n_pre * n_post, dense_weight=True,
+                                 spike=spike_applicable(x, weight))
     if backend == "torch":
         return F.linear(x.to(weight.dtype), weight * mask.to(weight.dtype))
+    if backend == "spike":
+        return spike_linear(x, weight * mask.to(weight.dtype))
     if backend in ("numba", "cuda"):
         return event_linear(x, weight, mask, cache, backend)
-    raise UserError(f"backend must be 'auto', 'numba', 'cuda' or 'torch', got {backend!r}")
+    raise UserError(f"backend must be 'auto', 'numba', 'cuda', 'spike' or 'torch', got {backend!r}")

@@ -25,11 +25,7 @@ import numpy as np
 import torch
 from numba import prange
 
-__all__ = ["spike_linear", "event_dense_worthwhile", "sampled_density", "MAX_DENSITY"]
-
-#: above this input density the dense matmul is faster (measured, docs/kernels.md)
-MAX_DENSITY = 0.2
-
+__all__ = ["spike_linear", "event_dense_worthwhile", "spike_applicable", "spike_ms", "matmul_ms", "sampled_density"]
 
 @nb.njit(cache=True, parallel=True)
 def _row_index(x):
@@ -145,12 +141,31 @@ def _weight_grad(cptr, rows, cval, g, gwt):
             cur[i] = e
 
 
+#: per (shape, dtype): a reusable ``W^T`` buffer. A fresh multi-MB tensor per call costs
+#: more in page faults than the transpose itself (40 ms for a new 4096 x 4096 copy vs
+#: ~5 ms into a warm buffer). The contents are always rewritten (a weight changed through
+#: ``.data`` keeps its version counter, so skipping the copy would not be safe) and only
+#: read inside ``forward``.
+_WT_BUFFERS: dict[tuple, torch.Tensor] = {}
+
+
+def _transposed(weight: torch.Tensor) -> np.ndarray:
+    """``weight.T`` as a C-contiguous ``[K, N]`` array, in a buffer reused across calls."""
+    w = weight.detach()
+    key = (tuple(w.shape), w.dtype)
+    buf = _WT_BUFFERS.get(key)
+    if buf is None:
+        buf = _WT_BUFFERS[key] = torch.empty(w.shape[1], w.shape[0], dtype=w.dtype)
+    buf.copy_(w.t())
+    return buf.numpy()
+
+
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias):  # type: ignore[override]
         xn = x2.detach().contiguous().numpy()
         indptr, idx, val = _row_index(xn)
-        wt = weight.detach().t().contiguous().numpy()  # [K, N]: rows of W^T are gathered
+        wt = _transposed(weight)  # [K, N]: rows of W^T are gathered
         out = torch.empty(x2.shape[0], weight.shape[0], dtype=x2.dtype)
         b = bias.detach().numpy() if bias is not None else np.zeros(1, xn.dtype)
         _forward(indptr, idx, val, wt, b, bias is not None, out.numpy())
@@ -185,24 +200,61 @@ def spike_linear(
     return y.reshape(*lead, weight.shape[0])
 
 
-def event_dense_worthwhile(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Dispatch rule: CPU float tensors, enough outputs per gathered row (``N >= 64``) and
-    work (``M K N >= 2^22``) to matter, and an input density below :data:`MAX_DENSITY`,
-    estimated on a strided sample of ~1/61 of the entries (counting all of them would cost
-    a full pass over ``x``)."""
-    if (
-        x.device.type != "cpu"
-        or x.dtype not in (torch.float32, torch.float64)
-        or weight.dtype != x.dtype
-    ):
+#: Cost of the spike gather, fitted on the 2-core development machine (Zen 5, 32 MB L3)
+#: with ``python benchmarks/bench_spike_gather.py`` (docs/kernels.md): a fixed ~0.3 ms
+#: (index build, buffers, parallel launch), ns per weight element for the ``W^T`` copy, ns
+#: per gathered add (forward; the weight gradient costs about the same) while ``W^T`` fits
+#: in the last-level cache and beyond it; torch's matmul: ns per multiply-add and per
+#: weight read (the dense constants of :data:`neuroplastic.kernels.dispatch.COST`).
+SPIKE_FIXED_MS = 0.3
+TRANSPOSE_NS = 0.8
+SPIKE_ADD_NS = 0.03
+SPIKE_ADD_NS_LARGE = 0.065
+LARGE_WEIGHT_ELEMENTS = 1 << 22
+MATMUL_MAC_NS = 0.0118
+MATMUL_WEIGHT_NS = 0.152
+
+
+def spike_ms(rows: int, n_in: int, n_out: int, rate: float) -> float:
+    """Expected forward time of :func:`spike_linear`: fixed part, ``W^T`` copy, and one add
+    per (active input, output) pair."""
+    size = n_in * n_out
+    add = SPIKE_ADD_NS if size <= LARGE_WEIGHT_ELEMENTS else SPIKE_ADD_NS_LARGE
+    return SPIKE_FIXED_MS + size * (TRANSPOSE_NS + rows * rate * add) * 1e-6
+
+
+def matmul_ms(rows: int, n_in: int, n_out: int) -> float:
+    """Expected forward time of torch's dense ``x @ W^T``."""
+    return n_in * n_out * (MATMUL_WEIGHT_NS + rows * MATMUL_MAC_NS) * 1e-6
+
+
+def spike_applicable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """CPU float tensors of one dtype and at least 64 outputs (a gathered row shorter than
+    that does not fill the SIMD loop: measured at parity with the matmul at 10 outputs)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype and weight.shape[0] >= 64)
+
+
+def event_dense_worthwhile(x: torch.Tensor, weight: torch.Tensor, rate: float | None = None) -> bool:
+    """Dispatch rule: :func:`spike_linear` when applicable (:func:`spike_applicable`) and its
+    expected time (:func:`spike_ms`, at the input density ``rate``, by default estimated on
+    a strided sample of ~1/61 of the entries) is below the matmul's (:func:`matmul_ms`).
+    Ignoring the fixed costs this is ``rate < MATMUL_MAC_NS / SPIKE_ADD_NS`` (~0.39); the
+    copy of ``W^T`` and the fixed part send small batches (below ~100-200 rows at
+    784 x 800) to the matmul."""
+    if not spike_applicable(x, weight):
         return False
-    if weight.shape[0] < 64 or x.numel() * weight.shape[0] < 2**22:  # the dense matmul wins
-        return False
-    return sampled_density(x) <= MAX_DENSITY
+    n_out, n_in = weight.shape
+    rows = x.numel() // max(n_in, 1)
+    if rate is None:
+        rate = sampled_density(x)
+    return spike_ms(rows, n_in, n_out, rate) < matmul_ms(rows, n_in, n_out)
 
 
 def sampled_density(x: torch.Tensor, stride: int = 61) -> float:
-    """Fraction of nonzero entries of ``x`` estimated on every ``stride``-th entry (a prime
-    stride, so it does not alias with layer widths)."""
-    sample = x.reshape(-1)[::stride]
+    """Fraction of nonzero entries of ``x``: exact for small tensors, else estimated on every
+    ``stride``-th entry (a prime stride, so it does not alias with layer widths; counting
+    all of a large input would cost a full pass over it)."""
+    flat = x.reshape(-1)
+    sample = flat if flat.numel() <= 1 << 16 else flat[::stride]
     return int(torch.count_nonzero(sample)) / max(sample.numel(), 1)

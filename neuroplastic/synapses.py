@@ -69,16 +69,17 @@ class Linear(Synapse, nn.Linear):
     """Linear synapse ``[T, B, N_in] -> [T, B, N_out]`` (``weight`` is ``[N_out, N_in]``).
 
     ``backend``: ``"auto"`` (default) computes the product event-driven from the nonzero
-    inputs (:func:`neuroplastic.kernels.spike_linear.spike_linear`) when the input is
-    sparse enough on the CPU (rule in :func:`~neuroplastic.kernels.spike_linear.event_dense_worthwhile`),
+    inputs (:func:`neuroplastic.kernels.spike_linear.spike_linear`) when that is expected
+    to be faster on the CPU (rule in :func:`~neuroplastic.kernels.spike_linear.event_dense_worthwhile`),
     else as one dense matmul; ``"dense"`` always uses the matmul; ``"event"`` always the
     event-driven kernel (CPU float tensors). Results agree to float rounding.
 
     With a ``mask`` (sparse synapses) ``"auto"`` asks
     :func:`neuroplastic.kernels.dispatch.choose_backend` (the measured cost model of
-    docs/kernels.md) whether the event-driven CSR kernels beat the masked dense product;
-    ``"event"`` forces the CSR kernels. Their CSR structure is cached per layer and rebuilt
-    only when the mask changes.
+    docs/kernels.md) for the cheapest of the CSR kernels, the spike gather on the masked
+    weight and the masked matmul; ``"event"`` forces the CSR kernels. Their CSR structure
+    is cached per layer and rebuilt only when the mask changes. :meth:`route` tells which
+    path an input takes.
     """
 
     backend: str = "auto"
@@ -86,32 +87,33 @@ class Linear(Synapse, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
-        if self.mask is not None and self.backend != "dense" and _dispatch is not None:
-            y = self._sparse_forward(x)
-            if y is not None:
-                return y
-        w = self.effective_weight()
-        if self.backend != "dense" and _spike_linear is not None:
-            if self.backend == "event" or _spike_linear.event_dense_worthwhile(x, w):
-                return _spike_linear.spike_linear(x, w, self.bias)
-        return F.linear(x, w, self.bias)
+        route = self.route(x)
+        if route in ("numba", "cuda"):
+            y = _dispatch.sparse_linear(x, self.weight, self.mask, self._csr_cache, route)
+            return y + self.bias if self.bias is not None else y
+        if route == "spike":
+            return _spike_linear.spike_linear(x, self.effective_weight(), self.bias)
+        return F.linear(x, self.effective_weight(), self.bias)
 
-    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        """CSR event-driven product when chosen (``None``: use a dense route)."""
-        if self._csr_cache is None:
+    def route(self, x: torch.Tensor) -> str:
+        """How this input is propagated: ``"numba"``/``"cuda"`` (CSR kernels, masked layers),
+        ``"spike"`` (spike gather on the dense or masked weight) or ``"torch"`` (matmul)."""
+        if self.backend == "dense" or _dispatch is None:
+            return "torch"
+        masked = self.mask is not None
+        if masked and self._csr_cache is None:
             self._csr_cache = _dispatch.CSRCache()
         if self.backend == "event":
-            backend = "numba" if x.device.type == "cpu" else "cuda"
-        else:
-            rows = max(1, x.numel() // self.in_features)
-            rate = _spike_linear.sampled_density(x)
-            density = self._csr_cache.structure(self.mask).density
-            backend = _dispatch.choose_backend(x.device, density, rate, rows,
-                                               size=self.weight.numel(), dense_weight=True)
-            if backend == "torch":
-                return None
-        y = _dispatch.sparse_linear(x, self.weight, self.mask, self._csr_cache, backend)
-        return y + self.bias if self.bias is not None else y
+            if masked:
+                return "numba" if x.device.type == "cpu" else "cuda"
+            return "spike"
+        if not masked:
+            return "spike" if _spike_linear.event_dense_worthwhile(x, self.weight) else "torch"
+        rows = max(1, x.numel() // self.in_features)
+        density = self._csr_cache.structure(self.mask).density
+        return _dispatch.choose_backend(x.device, density, _spike_linear.sampled_density(x), rows,
+                                        size=self.weight.numel(), dense_weight=True,
+                                        spike=_spike_linear.spike_applicable(x, self.weight))
 
 
 def _time_batched(fn, x: torch.Tensor) -> torch.Tensor:
