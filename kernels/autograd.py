@@ -40,6 +40,7 @@ from neuroplastic.errors import UserError
 
 from . import cpu
 from .formats import CSR, csr_from_mask
+from .threads import match_torch_threads
 
 __all__ = [
     "CSRCache",
@@ -83,6 +84,7 @@ class CSRCache:
             m = mask.detach()
             if m.dtype != torch.bool:
                 m = m != 0
+            match_torch_threads()
             self._csr = csr_from_mask(m.cpu())
             self._mask = mask
             self._key = key
@@ -121,6 +123,7 @@ class _MaskedGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, csr: CSR) -> torch.Tensor:
+        match_torch_threads()
         ctx.csr = csr
         ctx.weight_shape = weight.shape
         return torch.from_numpy(csr.values_from_dense(weight.detach()))
@@ -128,6 +131,7 @@ class _MaskedGather(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_values: torch.Tensor) -> tuple[torch.Tensor, None]:
+        match_torch_threads()
         grad = torch.zeros(ctx.weight_shape, dtype=grad_values.dtype)
         ctx.csr.scatter_to_dense(grad_values.contiguous(), out=grad)
         return grad, None

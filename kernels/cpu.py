@@ -44,6 +44,7 @@ from neuroplastic.errors import UserError
 
 from ._arrays import ArrayLike, as_rows, is_torch, like, to_numpy
 from .formats import CSR
+from .threads import match_torch_threads
 
 __all__ = [
     "spmm_forward",
@@ -231,6 +232,7 @@ def _outer_seq(x_t, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  
 
 
 def _parallel(work: int) -> bool:
+    match_torch_threads()
     return work >= PARALLEL_MIN_WORK
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from numba import prange
 
+from .threads import match_torch_threads
+
 __all__ = ["spike_linear", "event_dense_worthwhile", "spike_applicable", "spike_ms", "matmul_ms", "sampled_density"]
 
 @nb.njit(cache=True, parallel=True)
@@ -163,6 +165,7 @@ def _transposed(weight: torch.Tensor) -> np.ndarray:
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias):  # type: ignore[override]
+        match_torch_threads()
         xn = x2.detach().contiguous().numpy()
         indptr, idx, val = _row_index(xn)
         wt = _transposed(weight)  # [K, N]: rows of W^T are gathered
@@ -177,6 +180,7 @@ class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
+        match_torch_threads()
         g = g.contiguous()
         gx = g @ weight if ctx.needs_input_grad[0] else None
         gw = None

@@ -336,3 +336,35 @@ def test_projection_modes_give_the_same_training():
     for mode in ("input", "auto"):
         assert torch.allclose(res[mode][0], res["weight"][0], atol=1e-5)
         assert torch.allclose(res[mode][1], res["weight"][1], atol=1e-5)
+
+
+def test_lazy_projection_preserves_response_at_sync_points():
+    """``project_every = 3`` with momentum SGD: between syncs the weights drift into the
+    protected subspace; at every 3rd step and at the task end the response to protected
+    inputs is back to what it was (the change is projected)."""
+    torch.manual_seed(0)
+    D, k = 20, 5
+    model = mlp([D, 6], bias=True)
+    basis = orthonormalize(torch.randn(k, D))
+    probe = torch.randn(12, k) @ basis
+    gen = torch.Generator().manual_seed(3)
+    plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0, "project_every": 3}})
+    settings = TrainSettings(epochs=1, batch_size=16, lr=0.1, momentum=0.9, time_steps=3)
+    tr = Trainer(model, make_encoder("direct", 3), settings, plugins, "cpu", 0, True)
+    h = plugins.plugins[0]
+    _protect(h, {"fc1": basis})
+    with torch.no_grad():
+        before = tr.forward_logits(probe, None)
+    drift = []
+    for step in range(1, 6):
+        tr.train_step(torch.randn(16, D, generator=gen), torch.randint(0, 6, (16,), generator=gen), None)
+        with torch.no_grad():
+            drift.append((tr.forward_logits(probe, None) - before).abs().max().item())
+    assert drift[2] < 1e-5, drift  # synced after step 3
+    assert drift[0] > 1e-3 and drift[4] > 1e-3, drift  # unprojected in between
+    state = h.state_dict()
+    assert set(state["anchor"]) == {"fc1"} and state["steps"] == 5
+    h.on_task_end(1, None)
+    with torch.no_grad():
+        assert (tr.forward_logits(probe, None) - before).abs().max().item() < 1e-5
+    assert h.anchor == {}

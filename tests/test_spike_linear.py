@@ -106,3 +106,18 @@ def test_masked_layer_routes_agree(density):
     torch.testing.assert_close(y2, y1)
     torch.testing.assert_close(auto.weight.grad, ref.weight.grad)
     assert torch.all(auto.weight.grad[~mask] == 0)
+
+
+def test_numba_follows_torch_thread_count():
+    """numba's parallel regions use torch's thread budget (OMP_NUM_THREADS / set_num_threads)."""
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        spike_linear((torch.rand(8, 16) < 0.2).float(), torch.randn(70, 16))
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        spike_linear(torch.zeros(1, 4), torch.zeros(3, 4))
+    assert numba.get_num_threads() == min(before, numba.config.NUMBA_NUM_THREADS)

@@ -31,6 +31,7 @@ __all__ = ["lif_multistep_fused"]
 
 try:  # the numba kernels are optional at import time (pure-torch fallback below)
     from neuroplastic.kernels import lif_cpu as _lif_cpu
+    from neuroplastic.kernels.threads import match_torch_threads as _match_threads
 except ImportError:  # pragma: no cover
     _lif_cpu = None
 
@@ -52,6 +53,7 @@ class _FusedLIF(torch.autograd.Function):
         offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
         if _numba_ok(x, v0, scalars=(a, gain, v_th, v_reset, offset)) and x.dim() >= 2:
             # the kernel computes v_pre = a v + gain x + offset itself: no pass over x here
+            _match_threads()
             xc = x.detach().contiguous()
             T = xc.shape[0]
             x2 = xc.reshape(T, -1)
@@ -95,6 +97,7 @@ class _FusedLIF(torch.autograd.Function):
             return (None,) * 10
         a, gain, v_th, v_reset, surrogate, reset, detach_reset = ctx.params
         if _numba_ok(gz, v_pre_all, scalars=(a, gain, v_th, v_reset)) and gz.dim() >= 2:
+            _match_threads()
             T = gz.shape[0]
             g2 = gz.contiguous().to(v_pre_all.dtype).reshape(T, -1)
             gx = torch.empty_like(g2)

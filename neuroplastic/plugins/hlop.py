@@ -22,7 +22,20 @@ projected onto the complement of the old subspace,
 .. math:: dW \leftarrow dW\,(I - H_{old}^\top H_{old}),
 
 which is the gradient computed from the projected presynaptic activity
-:math:`\tilde x = x - H_{old}^\top H_{old} x`. As in the official code
+:math:`\tilde x = x - H_{old}^\top H_{old} x`.
+
+*Lazy projection* (``project_every = k > 1``, an option of ours, not the paper's): the
+gradients are left alone and every ``k`` optimizer steps, and at the task's end, the
+weight's change since the task started is projected instead,
+:math:`W \leftarrow W_0 + (W - W_0)(I - H_{old}^\top H_{old})`. For SGD with momentum the
+update is linear in the gradients, so at every such sync point the change lies in the
+complement of the old subspace exactly as with per-step projection (old inputs see
+``W_0``); in between, the gradients are computed at weights that still carry up to ``k``
+steps of unprojected change (and the optimizer's momentum keeps it), which only perturbs
+the new task's trajectory. It costs one projection per ``k`` steps instead of one per step.
+Since the accumulated change is projected again at every sync, the projector must be
+idempotent: the sync uses the orthogonal projector onto the directions ``H_old`` protects
+(right singular vectors with :math:`s^2 \ge 1/2`), computed once per task. As in the official code
 (pkuxmq/HLOP-SNN, ``modules/hlop_module.py``) the *learned* ``H_old`` is used as it is:
 the Oja rule drives its rows towards an orthonormal basis, so ``I - H^T H`` is close to an
 orthogonal projector (``orthonormalize = true`` replaces the old rows by an exact
@@ -107,6 +120,7 @@ class HLOPOptions:
     momentum: float = 0.9
     hebb_iters: int = 5                 # Oja iterations per minibatch
     hebb_every: int = 1                 # Hebbian update on every k-th training step
+    project_every: int = 1              # 1: project every gradient; k > 1: project the weight change every k steps
     clip: float = 10.0
     activity: str = "spikes"            # "spikes" (every step) or "rate" (firing rate over T)
     rate_tau: float | None = None       # weighted rate: w_t ~ exp(-(T-1-t)/rate_tau) (None: mean)
@@ -130,7 +144,7 @@ class HLOPOptions:
                 raise ValueError(f"hlop.{key} must be a positive number, got {v!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"hlop.momentum must be in [0, 1), got {self.momentum!r}")
-        for key in ("hebb_iters", "hebb_every", "spiking_steps"):
+        for key in ("hebb_iters", "hebb_every", "project_every", "spiking_steps"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"hlop.{key} must be a positive integer, got {v!r}")
@@ -169,6 +183,18 @@ def _complement_rows(new: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return Q.T.to(new.dtype).contiguous()
 
 
+def _lazy_basis(H_old: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning the directions the learned ``H_old`` protects: right
+    singular vectors with :math:`s^2 \ge 1/2` (where ``I - H^T H`` removes at least half).
+    The lazy sync projects the *accumulated* change again at every sync, so its
+    projector must be idempotent; ``I - H^T H`` of a learned ``H`` is not (an eigenvalue
+    :math:`1 - s^2 < -1` would grow the old-subspace part at every sync)."""
+    if H_old.shape[0] == 0:
+        return H_old.clone()
+    _, S, Vh = torch.linalg.svd(H_old.double(), full_matrices=False)
+    return Vh[S * S >= 0.5].to(H_old.dtype).contiguous()
+
+
 class HLOP(Plugin):
     """Lateral Hebbian subspace circuits protecting old tasks by gradient projection."""
 
@@ -191,6 +217,8 @@ class HLOP(Plugin):
         self._gout: dict[str, torch.Tensor] = {}
         self._old_cache: dict[str, tuple] = {}
         self._hooks: list = []
+        self.anchor: dict[str, torch.Tensor] = {}
+        self._lazy_basis: dict[str, torch.Tensor] = {}
         self.hebbian_s = 0.0
         self.projection_s = 0.0
 
@@ -229,7 +257,7 @@ class HLOP(Plugin):
 
     def _grad_catcher(self, name: str):
         def hook(module, inputs, out):
-            if out.requires_grad and self.task > 0 and self.n_old.get(name, 0) > 0:
+            if out.requires_grad and self.task > 0 and not self._lazy and self.n_old.get(name, 0) > 0:
                 out.register_hook(lambda g: self._gout.__setitem__(name, g.detach()))
         return hook
 
@@ -277,9 +305,38 @@ class HLOP(Plugin):
             self._act_sum[n] = torch.zeros(self.H[n].shape[0], device=H.device)
         self._act_n = 0
         self._steps = 0
+        self.anchor = ({n: layer.weight.detach().clone() for n, layer in self.layers.items()}
+                       if self._lazy else {})
+        self._lazy_basis = {n: _lazy_basis(self.H[n][: self.n_old[n]]) for n in self.anchor}
+
+    @property
+    def _lazy(self) -> bool:
+        """Lazy projection is on from task 1 (task 0 has no old subspace)."""
+        return self.opts.project_every > 1 and self.task > 0
+
+    @torch.no_grad()
+    def _sync(self) -> None:
+        """Project each protected weight's change since the task start (lazy projection)."""
+        t0 = time.perf_counter()
+        for n, layer in self.layers.items():
+            m = self.n_old[n]
+            W0 = self.anchor.get(n)
+            if m == 0 or W0 is None:
+                continue
+            W = layer.weight
+            if n not in self._lazy_basis:  # resumed mid-task
+                self._lazy_basis[n] = _lazy_basis(self.H[n][:m])
+            W.copy_(W0 + project_weight_grad(W - W0, self._lazy_basis[n]))
+            mask = getattr(layer, "mask", None)
+            if mask is not None:
+                W.mul_(mask)
+        self.projection_s += time.perf_counter() - t0
 
     def on_task_end(self, task_id: int, task) -> None:
         o = self.opts
+        if self._lazy:
+            self._sync()
+        self.anchor, self._lazy_basis = {}, {}
         for n in self.layers:
             self.activity[n].append((self._act_sum[n] / max(self._act_n, 1)).cpu())
         if task is not None and o.energy_samples > 0:
@@ -304,7 +361,7 @@ class HLOP(Plugin):
     # -- steps ------------------------------------------------------------------------
     @torch.no_grad()
     def after_backward(self) -> None:
-        if self.task <= 0:
+        if self.task <= 0 or self._lazy:
             return
         t0 = time.perf_counter()
         for n, layer in self.layers.items():
@@ -380,6 +437,8 @@ class HLOP(Plugin):
             return
         o = self.opts
         self._steps += 1
+        if self._lazy and self._steps % o.project_every == 0:
+            self._sync()
         if (self._steps - 1) % o.hebb_every:
             self._old_cache.clear()
             return
@@ -440,6 +499,8 @@ class HLOP(Plugin):
             "activity": {n: [a.clone() for a in v] for n, v in self.activity.items()},
             "hebbian_s": self.hebbian_s,
             "projection_s": self.projection_s,
+            "anchor": {n: t.detach().cpu().clone() for n, t in self.anchor.items()},
+            "steps": self._steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -458,3 +519,5 @@ class HLOP(Plugin):
         self.projection_s = float(state.get("projection_s", 0.0))
         self._act_sum = {n: torch.zeros(h.shape[0], device=h.device) for n, h in self.H.items()}
         self._act_n = 0
+        self.anchor = {n: t.to(dev) if dev else t.clone() for n, t in state.get("anchor", {}).items()}
+        self._steps = int(state.get("steps", 0))
