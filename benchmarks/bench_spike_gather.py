@@ -10,9 +10,9 @@ predictions (:func:`spike_ms`, :func:`matmul_ms`) and the measured ns per gather
 from __future__ import annotations
 
 import torch
+from neuroplastic.kernels.spike_linear import matmul_ms, spike_linear, spike_ms
 
 from neuroplastic.bench.timing import time_ms
-from neuroplastic.kernels.spike_linear import matmul_ms, spike_linear, spike_ms
 
 SHAPES = [(3200, 784, 800), (192, 784, 800), (32, 4096, 4096), (512, 4096, 4096), (8, 784, 800)]
 RATES = (0.02, 0.1, 0.3)
@@ -26,14 +26,14 @@ def main() -> None:
         for rate in RATES:
             x = (torch.rand(rows, n_in) < rate).float()
 
-            def gather():
+            def gather(x=x, w=w):
                 w.add_(0.0)  # a new version each call, as in training
                 with torch.no_grad():
                     spike_linear(x, w)
 
             with torch.no_grad():
                 t_s = time_ms(gather, 10)
-                t_m = time_ms(lambda: x @ w.t(), 10)
+                t_m = time_ms(lambda x=x, w=w: x @ w.t(), 10)
             adds = rows * n_in * n_out * rate
             print(f"{rows:>6}{n_in:>6}{n_out:>6}{rate:>6}{t_s:>9.2f}{spike_ms(rows, n_in, n_out, rate):>8.2f}"
                   f"{t_m:>9.2f}{matmul_ms(rows, n_in, n_out):>8.2f}{t_s * 1e6 / max(adds, 1):>8.3f}")

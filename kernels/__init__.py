@@ -11,23 +11,27 @@ only existing synapses are updated.
 See ``docs/kernels.md`` for the maths and the measurements behind the dispatch rule.
 """
 
-from . import cpu
-from .autograd import (
+from .threads import match_torch_threads
+
+match_torch_threads()  # start numba's pool now, before it can change torch's thread count
+
+from . import cpu  # noqa: E402
+from .autograd import (  # noqa: E402
     CSRCache,
     EventLinearFunction,
     event_linear,
     event_linear_values,
     masked_values,
 )
-from .cpu import (
+from .cpu import (  # noqa: E402
     eligibility_trace_update,
     hebbian_update,
     sddmm_weight_grad,
     spmm_backward_input,
     spmm_forward,
 )
-from .dispatch import choose_backend, sparse_linear
-from .formats import CSR, CSCIndex, csr_from_dense, csr_from_mask
+from .dispatch import choose_backend, sparse_linear  # noqa: E402
+from .formats import CSR, CSCIndex, csr_from_dense, csr_from_mask  # noqa: E402
 
 __all__ = [
     "CSR",

@@ -158,7 +158,8 @@ def sparse_linear(
     ``backend``: ``"auto"`` (:func:`choose_backend` with the sampled firing rate of
     ``x`` and the mask density), ``"numba"``, ``"cuda"`` (event-driven via
     :func:`~neuroplastic.kernels.autograd.event_linear`), ``"spike"`` (spike gather on the
-    masked weight, CPU) or ``"torch"`` (dense reference). Gradients flow to ``x`` and ``weight`` on every route (zero off the mask).
+    masked weight, CPU) or ``"torch"`` (dense reference). Gradients flow to ``x`` and
+    ``weight`` on every route (zero off the mask).
     """
     if weight.ndim != 2 or mask.shape != weight.shape:
         raise UserError(

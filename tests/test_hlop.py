@@ -356,7 +356,7 @@ def test_lazy_projection_preserves_response_at_sync_points():
     with torch.no_grad():
         before = tr.forward_logits(probe, None)
     drift = []
-    for step in range(1, 6):
+    for _ in range(5):
         tr.train_step(torch.randn(16, D, generator=gen), torch.randint(0, 6, (16,), generator=gen), None)
         with torch.no_grad():
             drift.append((tr.forward_logits(probe, None) - before).abs().max().item())

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from neuroplastic.kernels import dispatch
 from neuroplastic.kernels.spike_linear import event_dense_worthwhile, sampled_density, spike_linear
+
 from neuroplastic.synapses import Linear
 
 _settings = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -184,7 +184,7 @@ def _complement_rows(new: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
 
 
 def _lazy_basis(H_old: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning the directions the learned ``H_old`` protects: right
+    r"""Orthonormal rows spanning the directions the learned ``H_old`` protects: right
     singular vectors with :math:`s^2 \ge 1/2` (where ``I - H^T H`` removes at least half).
     The lazy sync projects the *accumulated* change again at every sync, so its
     projector must be idempotent; ``I - H^T H`` of a learned ``H`` is not (an eigenvalue
