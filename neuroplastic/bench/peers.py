@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import UserError
 from ..io import write_json
 from ..network import mlp
-from .timing import time_ms
+from .timing import interleaved_ms
 
 SIZES = (784, 800, 10)
 T, B, RATE, BETA = 25, 128, 0.1, 0.9
@@ -154,7 +154,9 @@ def _check_equal(name: str, build_ours, build_theirs, weights, x) -> float:
 
 
 def run(repeats: int = 10) -> dict:
-    """Time the step for ours (both configurations), snnTorch and Norse."""
+    """Time the step for ours (both configurations), snnTorch and Norse: medians of
+    ``repeats`` rounds in which each runs one step in turn (a slow spell of the shared
+    machine hits all four alike)."""
     try:
         import norse.torch  # noqa: F401
         import snntorch  # noqa: F401
@@ -170,10 +172,9 @@ def run(repeats: int = 10) -> dict:
     snn_m, f_snn = _snntorch(w_snn)
     ours_n, f_ours_n = _ours("norse", w_norse)
     norse_m, f_norse = _norse(w_norse)
-    row["ours_snntorch_cfg_ms"] = time_ms(_step_fn(ours_s, f_ours_s, x, y), repeats)
-    row["snntorch_ms"] = time_ms(_step_fn(snn_m, f_snn, x, y), repeats)
-    row["ours_norse_cfg_ms"] = time_ms(_step_fn(ours_n, f_ours_n, x, y), repeats)
-    row["norse_ms"] = time_ms(_step_fn(norse_m, f_norse, x, y), repeats)
+    steps = {"ours_snntorch_cfg_ms": _step_fn(ours_s, f_ours_s, x, y), "snntorch_ms": _step_fn(snn_m, f_snn, x, y),
+             "ours_norse_cfg_ms": _step_fn(ours_n, f_ours_n, x, y), "norse_ms": _step_fn(norse_m, f_norse, x, y)}
+    row.update(interleaved_ms(steps, repeats))
     row["ours_ms"] = max(row["ours_snntorch_cfg_ms"], row["ours_norse_cfg_ms"])
     row["speedup"] = min(row["snntorch_ms"], row["norse_ms"]) / row["ours_ms"]
     return row
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
-    row = run(repeats=3 if a.quick else 10)
+    row = run(repeats=3 if a.quick else 20)
     print(f"training step MLP {'-'.join(map(str, SIZES))} LIF, T={T}, B={B}, input rate {RATE}, "
           f"{row['threads']} threads (outputs checked equal first)")
     print(f"{'':<28}{'ms/step':>10}")
