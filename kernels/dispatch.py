@@ -98,6 +98,10 @@ COST = CostModel(
     cores=min(2, os.cpu_count() or 1),
 )
 
+#: ns per input element (``batch * n_pre``) for the CSR weight gradient's transposed copy
+#: and scan of the input (2 ms for a 3200 x 784 input, measured)
+SCAN_NS = 0.8
+
 #: GPU placeholder (unmeasured): event-driven only when r*d <= this.
 CUDA_MAX_EVENTS_PER_WEIGHT = 1e-3
 
@@ -111,6 +115,8 @@ def choose_backend(
     size: int | None = None,
     dense_weight: bool = False,
     spike: bool = False,
+    training: bool = False,
+    n_pre: int | None = None,
 ) -> str:
     """``"numba"`` | ``"cuda"`` | ``"spike"`` | ``"torch"`` for a layer with this density
     and input rate.
@@ -124,6 +130,12 @@ def choose_backend(
     :func:`~neuroplastic.kernels.spike_linear.spike_ms`). It beats the CSR push above
     a density of about ``SPIKE_ADD_NS * P / c_e`` (~6%): a CSR event is a scattered
     read-modify-write, a gathered add is one lane of a contiguous SIMD row.
+
+    ``training=True`` (the weight needs a gradient) adds the backward pass: twice the
+    forward for the matmul and the spike gather (their weight gradients are the same
+    kind of product), and for the CSR route its SDDMM weight gradient (one row-push event
+    per (active input, synapse), with no column variant) plus ``SCAN_NS`` per input
+    element ``batch * n_pre`` (the transposed copy and scan of the input it needs).
     """
     if not (0.0 <= density <= 1.0 and 0.0 <= firing_rate <= 1.0):
         raise UserError(f"density and firing_rate must lie in [0, 1], got {density}, {firing_rate}")
@@ -143,6 +155,13 @@ def choose_backend(
     if spike:
         mask = COST.mask_ns * size * 1e-6 if dense_weight else 0.0
         costs["spike"] = spike_ms(batch, size, 1, firing_rate) + mask + COST.dense_overhead_ms
+    if training:
+        sddmm = size * batch * firing_rate * density * COST.event_ns / COST.cores * 1e-6
+        scan = batch * (n_pre or 0) * SCAN_NS * 1e-6
+        costs["numba"] += sddmm + scan
+        costs["torch"] *= 2
+        if "spike" in costs:
+            costs["spike"] *= 2
     return min(costs, key=costs.__getitem__)
 
 
@@ -175,7 +194,8 @@ def sparse_linear(
         else:
             density = float(mask.count_nonzero()) / max(mask.numel(), 1)
         backend = choose_backend(x.device, density, rate, rows, size=n_pre * n_post, dense_weight=True,
-                                 spike=spike_applicable(x, weight))
+                                 spike=spike_applicable(x, weight),
+                                 training=torch.is_grad_enabled() and weight.requires_grad, n_pre=n_pre)
     if backend == "torch":
         return F.linear(x.to(weight.dtype), weight * mask.to(weight.dtype))
     if backend == "spike":

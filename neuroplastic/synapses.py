@@ -113,7 +113,9 @@ class Linear(Synapse, nn.Linear):
         density = self._csr_cache.structure(self.mask).density
         return _dispatch.choose_backend(x.device, density, _spike_linear.sampled_density(x), rows,
                                         size=self.weight.numel(), dense_weight=True,
-                                        spike=_spike_linear.spike_applicable(x, self.weight))
+                                        spike=_spike_linear.spike_applicable(x, self.weight),
+                                        training=torch.is_grad_enabled() and self.weight.requires_grad,
+                                        n_pre=self.in_features)
 
 
 def _time_batched(fn, x: torch.Tensor) -> torch.Tensor:
