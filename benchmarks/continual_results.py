@@ -8,7 +8,7 @@ For every config and seed it runs (as a subprocess, one CPU thread each)::
 then reads ``OUT/<config>/seed<S>/<method>/metrics.json`` and prints mean +- std (sample
 standard deviation over seeds) of ACC and BWT, with the mean wall time per run.
 
-    python benchmarks/continual_results.py                       # both configs, seeds 0 1 2
+    python benchmarks/continual_results.py                       # the three configs, seeds 0 1 2
     python benchmarks/continual_results.py --configs docs/configs/split5.toml --seeds 0
     python benchmarks/continual_results.py --collect-only        # re-read OUT, no runs
 """
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 METHODS = "finetune,hlop,gpm,ewc,multitask"
-CONFIGS = ["docs/configs/permuted10.toml", "docs/configs/split5.toml"]
+CONFIGS = ["docs/configs/permuted10.toml", "docs/configs/split5.toml", "docs/configs/split5_domain.toml"]
 
 
 def command(config: str, seed: int, methods: str, out: Path) -> list[str]:
