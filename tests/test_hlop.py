@@ -107,6 +107,11 @@ def test_quantize_and_sizes():
         subspace_sizes([1, 2, 3], [10, 20], [0.1])
 
 
+#: the paper's schedule (Hebbian update and gradient projection at every step); the
+#: defaults are the cheaper budgeted schedule, tested in the lazy-projection test
+PAPER = {"hebb_every": 1, "project_every": 1, "lr": 0.01, "lr_input": 0.001}
+
+
 def _trainer(model, plugins, T=3, lr=0.1):
     settings = TrainSettings(epochs=1, batch_size=16, lr=lr, momentum=0.0, time_steps=T)
     return Trainer(model, make_encoder("direct", T), settings, plugins, "cpu", 0, True)
@@ -138,7 +143,7 @@ def test_projected_update_preserves_response_in_protected_subspace():
     outs = {}
     for method in ("hlop", "finetune"):
         model = copy.deepcopy(net)
-        plugins = build_plugins(method, {"hlop": {"energy_samples": 0}} if method == "hlop" else {})
+        plugins = build_plugins(method, {"hlop": {"energy_samples": 0, **PAPER}} if method == "hlop" else {})
         tr = _trainer(model, plugins)
         if method == "hlop":
             _protect(plugins.plugins[0], {"fc1": basis})
@@ -172,7 +177,7 @@ def test_conv_input_and_weight_projection_agree(spiking):
     grads = {}
     for mode in ("weight", "input", "none"):
         model = copy.deepcopy(net)
-        opts = {"energy_samples": 0, "spiking": spiking, "spiking_scale": 4.0, "spiking_steps": 10**6}
+        opts = {"energy_samples": 0, "spiking": spiking, "spiking_scale": 4.0, "spiking_steps": 10**6, **PAPER}
         if mode != "none":
             opts.update(conv_mode=mode, linear_mode=mode)
         plugins = build_plugins("hlop", {"hlop": opts})
@@ -281,7 +286,7 @@ def test_projection_leaves_masks_alone_and_composes_with_sparse_plugins():
     fc1 = model.layers["fc1"]
     fc1.set_mask(torch.rand(8, 12) < 0.5)
     mask = fc1.mask
-    plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0}})
+    plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0, **PAPER}})
     tr = _trainer(model, plugins)
     basis = orthonormalize(torch.randn(3, 12))
     _protect(plugins.plugins[0], {"fc1": basis, "fc2": orthonormalize(torch.randn(2, 8))})
@@ -324,7 +329,7 @@ def test_projection_modes_give_the_same_training():
         model = mlp([40, 64, 5])
         model.load_state_dict(net.state_dict())
         plugins = build_plugins("hlop", {"hlop": {"energy_samples": 0, "linear_mode": mode,
-                                                  "inc_size": [5, 3]}})
+                                                  "inc_size": [5, 3], **PAPER}})
         tr = _trainer(model, plugins, lr=0.05)
         _protect(plugins.plugins[0], basis)
         h = plugins.plugins[0]
