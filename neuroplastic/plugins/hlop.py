@@ -5,8 +5,8 @@ Every protected synapse layer (presynaptic dimension ``D``: ``N_in``, or
 ``H [M, D]``; their activity is ``y = H x``. At the start of task ``t`` ``k_t`` new
 neurons (random orthonormal rows) join the ``M_old`` neurons of earlier tasks; during
 training, after every ``hebb_every``-th optimizer step (default 8; the paper: every
-one), the presynaptic activity ``X [n, D]`` of the minibatch drives ``hebb_iters`` iterations of the Oja subspace rule on the *new* rows
-only (old rows frozen):
+one), the presynaptic activity ``X [n, D]`` of the minibatch drives ``hebb_iters``
+iterations of the Oja subspace rule on the *new* rows only (old rows frozen):
 
 .. math::
     Y = X H^\top, \qquad
