@@ -137,7 +137,9 @@ class Trainer:
         self.refresh_trainable()
         losses = []
         n_batches = sum(-(-len(ds) // self.settings.batch_size) for ds, _ in sources)
-        bar = tqdm(total=n_batches * self.settings.epochs, desc=desc, disable=self.quiet, leave=False)
+        # disable=None: tqdm turns itself off when the output is not a terminal (logs, CI)
+        bar = tqdm(total=n_batches * self.settings.epochs, desc=desc, disable=True if self.quiet else None,
+                   leave=False)
         for _ in range(self.settings.epochs):
             iters = [(iterate_minibatches(ds, self.settings.batch_size, True, self.generator), head)
                      for ds, head in sources]
