@@ -39,7 +39,7 @@ from numba import cuda
 from neuroplastic.errors import UserError
 
 from ._arrays import ArrayLike, float_dtype, is_torch
-from .formats import CSR
+from .formats import CSR, SynapseShape
 
 __all__ = [
     "DeviceCSR",
@@ -148,7 +148,7 @@ def _outer_kernel(x, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle): 
 
 
 @dataclass
-class DeviceCSR:
+class DeviceCSR(SynapseShape):
     """A :class:`CSR` structure (and optionally values) resident on the device.
 
     ``indptr, indices, c_indptr, c_indices, perm, data`` are numba device arrays (views
@@ -164,18 +164,6 @@ class DeviceCSR:
     shape: tuple[int, int]
     dtype: np.dtype
     owners: tuple = ()
-
-    @property
-    def n_pre(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_post(self) -> int:
-        return self.shape[1]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.shape[0])
 
 
 def to_device(csr: CSR, device: Any = None, with_values: bool = True) -> DeviceCSR:

@@ -31,6 +31,7 @@ copies when dtype/layout already fit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -180,8 +181,29 @@ class CSCIndex:
             raise UserError("CSC indices and perm must have the same length")
 
 
+class SynapseShape:
+    """``n_pre``, ``n_post`` and ``nnz`` of a structure with ``shape = (n_pre, n_post)`` and
+    an ``indices`` array (one entry per synapse): shared by :class:`CSR` and the device
+    copy :class:`neuroplastic.kernels.cuda.DeviceCSR`."""
+
+    shape: tuple[int, int]
+    indices: Any
+
+    @property
+    def n_pre(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_post(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+
 @dataclass
-class CSR:
+class CSR(SynapseShape):
     """Presynaptic-major sparse synapses (see the module docstring for the layout).
 
     Attributes
@@ -220,18 +242,6 @@ class CSR:
             raise UserError("CSR indptr must start at 0 and end at nnz")
 
     # ------------------------------------------------------------------ basic facts
-    @property
-    def n_pre(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_post(self) -> int:
-        return self.shape[1]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.shape[0])
-
     @property
     def dtype(self) -> np.dtype:
         return self.data.dtype
