@@ -16,12 +16,7 @@ from neuroplastic.plugins.gpm import gpm_update
 from neuroplastic.training import Trainer, TrainSettings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _projector(U: torch.Tensor) -> torch.Tensor:

@@ -27,13 +27,7 @@ from neuroplastic.plugins.projection import (
 from neuroplastic.training import Trainer, TrainSettings
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matmuls: one thread is faster and immune to a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _synthetic(n: int, D: int, eig: list[float], rest: float, gen: torch.Generator):
