@@ -15,7 +15,6 @@ from neuroplastic.plugins import build_plugins
 from neuroplastic.plugins.gpm import gpm_update
 from neuroplastic.training import Trainer, TrainSettings
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

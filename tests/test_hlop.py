@@ -26,7 +26,6 @@ from neuroplastic.plugins.projection import (
 )
 from neuroplastic.training import Trainer, TrainSettings
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
