@@ -47,7 +47,14 @@ import torch.nn.functional as F
 from neuroplastic.errors import UserError
 
 from .autograd import CSRCache, event_linear
-from .spike_linear import sampled_density, spike_applicable, spike_linear, spike_ms
+from .spike_linear import (
+    MATMUL_MAC_NS,
+    MATMUL_WEIGHT_NS,
+    sampled_density,
+    spike_applicable,
+    spike_linear,
+    spike_ms,
+)
 
 __all__ = ["CostModel", "COST", "choose_backend", "sparse_linear", "CUDA_MAX_EVENTS_PER_WEIGHT"]
 
@@ -89,8 +96,8 @@ class CostModel:
 COST = CostModel(
     event_ns=1.0,
     column_ns=0.15,
-    mac_ns=0.0118,
-    weight_ns=0.152,
+    mac_ns=MATMUL_MAC_NS,
+    weight_ns=MATMUL_WEIGHT_NS,
     gather_ns=0.16,
     mask_ns=2.4,
     event_overhead_ms=0.0055,

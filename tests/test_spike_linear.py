@@ -121,3 +121,15 @@ def test_numba_follows_torch_thread_count():
         torch.set_num_threads(before)
         spike_linear(torch.zeros(1, 4), torch.zeros(3, 4))
     assert numba.get_num_threads() == min(before, numba.config.NUMBA_NUM_THREADS)
+
+
+def test_spike_linear_rejects_bad_input():
+    from neuroplastic.errors import UserError
+
+    w = torch.randn(70, 16)
+    with pytest.raises(UserError, match="float32 or float64"):
+        spike_linear(torch.zeros(2, 16, dtype=torch.int64), w)
+    with pytest.raises(UserError, match="one dtype"):
+        spike_linear(torch.zeros(2, 16, dtype=torch.float64), w)
+    with pytest.raises(UserError, match="does not fit"):
+        spike_linear(torch.zeros(2, 15), w)
