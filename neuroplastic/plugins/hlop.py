@@ -27,16 +27,18 @@ which is the gradient computed from the projected presynaptic activity
 *Lazy projection* (``project_every = k > 1``, an option of ours, not the paper's): the
 gradients are left alone and every ``k`` optimizer steps, and at the task's end, the
 weight's change since the task started is projected instead,
-:math:`W \leftarrow W_0 + (W - W_0)(I - H_{old}^\top H_{old})`. For SGD with momentum the
+:math:`W \leftarrow W_0 + (W - W_0)(I - Q_{old}^\top Q_{old})`. For SGD with momentum the
 update is linear in the gradients, so at every such sync point the change lies in the
 complement of the old subspace exactly as with per-step projection (old inputs see
 ``W_0``); in between, the gradients are computed at weights that still carry up to ``k``
 steps of unprojected change (and the optimizer's momentum keeps it), which only perturbs
 the new task's trajectory. It costs one projection per ``k`` steps instead of one per step.
 Since the accumulated change is projected again at every sync, the projector must be
-idempotent: the sync uses the orthogonal projector onto the directions ``H_old`` protects
-(right singular vectors with :math:`s^2 \ge 1/2`), computed once per task. As in the official code
-(pkuxmq/HLOP-SNN, ``modules/hlop_module.py``) the *learned* ``H_old`` is used as it is:
+idempotent: ``Q_old`` is an orthonormal basis of the directions ``H_old`` protects
+(right singular vectors with :math:`s^2 \ge 1/2`), computed once per task.
+
+For the per-step projection, as in the official code (pkuxmq/HLOP-SNN,
+``modules/hlop_module.py``), the *learned* ``H_old`` is used as it is:
 the Oja rule drives its rows towards an orthonormal basis, so ``I - H^T H`` is close to an
 orthogonal projector (``orthonormalize = true`` replaces the old rows by an exact
 orthonormal basis of their span at each task end instead). The gradient passed to the
