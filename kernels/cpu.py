@@ -29,9 +29,11 @@ Parallel decomposition (numba has no CPU atomics, so every thread owns what it w
 * input gradient: ``prange`` over presynaptic rows ``i`` with the batch as the inner,
   vectorised loop on transposed ``[n, B]`` copies: row ``i`` owns ``g^x[:, i]``.
 * weight gradient / Hebbian / eligibility: ``prange`` over presynaptic rows; row ``i``
-  owns its nnz segment ``[indptr_i, indptr_{i+1})``, and batch rows with
-  :math:`x_{bi}=0` are skipped, so untouched rows cost nothing (weights) or one
-  streaming scale (traces).
+  owns its nnz segment ``[indptr_i, indptr_{i+1})`` and visits only the batch rows where
+  it was active (the index of :func:`~neuroplastic.kernels.active_index.active_columns`,
+  built branch-free: no scan of the zeros), so untouched rows cost nothing (weights) or
+  one streaming scale (traces). The parallel version runs in blocks of batch rows so the
+  gathered rows of ``y`` stay in L2.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from numba import njit, prange
 from neuroplastic.errors import UserError
 
 from ._arrays import ArrayLike, as_rows, is_torch, like, to_numpy
+from .active_index import active_columns
 from .formats import CSR
 from .threads import match_torch_threads
 
@@ -180,21 +183,20 @@ def _gather_rows_seq(g_t, indptr, indices, data, out_t):  # pragma: no cover - c
 
 
 @njit(cache=True, boundscheck=False)
-def _outer_row(xi, y, k0, k1, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
-    """out[k] = clip(beta*out[k] + alpha * sum_b y[b, indices[k]] * xi[b], lo, hi), k0<=k<k1.
+def _outer_row(c0, c1, brows, bvals, y, k0, k1, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
+    """out[k] = clip(beta*out[k] + alpha * sum_b y[b, indices[k]] * x[b, i], lo, hi), k0<=k<k1,
+    over the batch rows ``b = brows[c0:c1]`` where presynaptic ``i`` is active (values
+    ``bvals``; ascending ``b``, so the sum runs in batch order).
 
-    Only batch rows with xi[b] != 0 contribute. A row with no active input is left
-    alone unless ``touch_idle`` (then out *= beta, no clipping).
+    A row with no active input is left alone unless ``touch_idle`` (then out *= beta, no
+    clipping).
     """
     if k0 == k1:
         return
     first = True
-    for b in range(xi.shape[0]):
-        v = xi[b]
-        if v == 0.0:
-            continue
-        a = alpha * v
-        yb = y[b]
+    for c in range(c0, c1):
+        a = alpha * bvals[c]
+        yb = y[brows[c]]
         if first:
             if beta == 0.0:
                 for k in range(k0, k1):
@@ -215,20 +217,59 @@ def _outer_row(xi, y, k0, k1, indices, out, alpha, beta, lo, hi, touch_idle):  #
             out[k] = min(max(out[k], lo), hi)
 
 
+#: rows of ``y`` per block of the parallel outer product: a block (~768 KB) stays in L2
+#: while every presynaptic row gathers from it
+_OUTER_BLOCK_FLOATS = 3 << 16
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
-def _outer_par(x_t, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
-    for i in prange(x_t.shape[0]):
-        _outer_row(
-            x_t[i], y, indptr[i], indptr[i + 1], indices, out, alpha, beta, lo, hi, touch_idle
-        )
+def _outer_par(cptr, brows, bvals, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
+    """:func:`_outer_row` for every presynaptic row, in blocks of rows of ``y`` (the
+    gathers ``y[b, j(k)]`` then hit L2; each presynaptic row keeps a cursor into its
+    ascending batch-row list, and its first entry applies ``beta``)."""
+    n_pre = cptr.shape[0] - 1
+    M = y.shape[0]
+    R = max(16, _OUTER_BLOCK_FLOATS // max(y.shape[1], 1))
+    cur = cptr[:-1].copy()
+    for r0 in range(0, M, R):
+        r1 = r0 + R
+        for i in prange(n_pre):
+            k0 = indptr[i]
+            k1 = indptr[i + 1]
+            c = cur[i]
+            ce = cptr[i + 1]
+            while c < ce and brows[c] < r1:
+                a = alpha * bvals[c]
+                yb = y[brows[c]]
+                if c == cptr[i]:
+                    if beta == 0.0:
+                        for k in range(k0, k1):
+                            out[k] = a * yb[indices[k]]
+                    else:
+                        for k in range(k0, k1):
+                            out[k] = beta * out[k] + a * yb[indices[k]]
+                else:
+                    for k in range(k0, k1):
+                        out[k] += a * yb[indices[k]]
+                c += 1
+            cur[i] = c
+    for i in prange(n_pre):
+        k0 = indptr[i]
+        k1 = indptr[i + 1]
+        if cptr[i] == cptr[i + 1]:
+            if touch_idle and beta != 1.0:
+                for k in range(k0, k1):
+                    out[k] = beta * out[k]
+        elif lo > -np.inf or hi < np.inf:
+            for k in range(k0, k1):
+                out[k] = min(max(out[k], lo), hi)
 
 
 @njit(cache=True, boundscheck=False)
-def _outer_seq(x_t, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
-    for i in range(x_t.shape[0]):
-        _outer_row(
-            x_t[i], y, indptr[i], indptr[i + 1], indices, out, alpha, beta, lo, hi, touch_idle
-        )
+def _outer_seq(cptr, brows, bvals, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
+    for i in range(cptr.shape[0] - 1):
+        _outer_row(cptr[i], cptr[i + 1], brows, bvals, y, indptr[i], indptr[i + 1], indices, out,
+                   alpha, beta, lo, hi, touch_idle)
 
 
 def _parallel(work: int) -> bool:
@@ -280,10 +321,11 @@ def _push_cols(x: np.ndarray, csr: CSR, out: np.ndarray) -> None:
             out[r0 : r0 + COLUMN_BLOCK] = out_p[0].T
 
 
-def _outer_on_synapses(x_t, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle) -> None:
-    """Run the outer-product kernel (serial twin for small work)."""
-    fn = _outer_par if _parallel(indices.shape[0] * max(1, x_t.shape[1])) else _outer_seq
-    fn(x_t, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle)
+def _outer_on_synapses(active, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle) -> None:
+    """Run the outer-product kernel over the active presynaptic entries ``active = (cptr,
+    rows, values)`` (serial twin for small work)."""
+    fn = _outer_par if _parallel(indices.shape[0] * max(1, y.shape[0])) else _outer_seq
+    fn(*active, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle)
 
 
 # --------------------------------------------------------------------------- python wrappers
@@ -354,13 +396,14 @@ def spmm_backward_input(grad_out: ArrayLike, csr: CSR) -> ArrayLike:
 
 def _outer(
     x: ArrayLike, y: ArrayLike, csr: CSR, names: tuple[str, str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``x [..., n_pre]`` (transposed to [n_pre, rows]) and ``y [..., n_post]``."""
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """The active entries of ``x [..., n_pre]`` by presynaptic neuron (:func:`active_columns`:
+    no dense transpose or scan of ``x`` in the kernel) and the rows of ``y [..., n_post]``."""
     xr, lead_x = _rows(x, csr, csr.n_pre, names[0])
     yr, lead_y = _rows(y, csr, csr.n_post, names[1])
     if xr.shape[0] != yr.shape[0]:
         raise UserError(f"{names[0]} has {xr.shape[0]} rows but {names[1]} has {yr.shape[0]}")
-    return np.ascontiguousarray(xr.T), yr
+    return active_columns(np.ascontiguousarray(xr)), yr
 
 
 def sddmm_weight_grad(grad_out: ArrayLike, x: ArrayLike, csr: CSR) -> ArrayLike:
@@ -370,10 +413,10 @@ def sddmm_weight_grad(grad_out: ArrayLike, x: ArrayLike, csr: CSR) -> ArrayLike:
     mask, computed only for presynaptic rows with a nonzero input (others stay 0).
     Returns ``[nnz]`` in CSR order, torch if ``grad_out`` is torch.
     """
-    x_t, y = _outer(x, grad_out, csr, ("x", "grad_out"))
+    active, y = _outer(x, grad_out, csr, ("x", "grad_out"))
     out = np.zeros(csr.nnz, dtype=csr.dtype)
     _outer_on_synapses(
-        x_t, y, csr.indptr, csr.indices, out, *_scalars(csr, 1.0, 0.0, None, None), False
+        active, y, csr.indptr, csr.indices, out, *_scalars(csr, 1.0, 0.0, None, None), False
     )
     return like(out, grad_out)
 
@@ -421,10 +464,10 @@ def hebbian_update(
     ``csr.dtype``, usually ``csr.data`` or a torch view of it) is returned.
     """
     target = _inplace_target(data, csr, "data")
-    x_t, y = _outer(pre, post, csr, ("pre", "post"))
-    n = max(x_t.shape[1], 1)
+    active, y = _outer(pre, post, csr, ("pre", "post"))
+    n = max(y.shape[0], 1)
     scalars = _scalars(csr, float(lr) / n, 1.0, w_min, w_max)
-    _outer_on_synapses(x_t, y, csr.indptr, csr.indices, target, *scalars, False)
+    _outer_on_synapses(active, y, csr.indptr, csr.indices, target, *scalars, False)
     _bump_version(data)
     return data
 
@@ -448,9 +491,9 @@ def eligibility_trace_update(
     a nonzero presynaptic trace.
     """
     target = _inplace_target(trace, csr, "trace")
-    x_t, y = _outer(pre_trace, post_pseudo, csr, ("pre_trace", "post_pseudo"))
-    n = max(x_t.shape[1], 1)
+    active, y = _outer(pre_trace, post_pseudo, csr, ("pre_trace", "post_pseudo"))
+    n = max(y.shape[0], 1)
     scalars = _scalars(csr, 1.0 / n, float(decay), None, None)
-    _outer_on_synapses(x_t, y, csr.indptr, csr.indices, target, *scalars, True)
+    _outer_on_synapses(active, y, csr.indptr, csr.indices, target, *scalars, True)
     _bump_version(trace)
     return trace

@@ -27,62 +27,11 @@ from numba import prange
 
 from neuroplastic.errors import UserError
 
+from .active_index import col_index as _col_index
+from .active_index import row_index as _row_index
 from .threads import match_torch_threads
 
 __all__ = ["spike_linear", "event_dense_worthwhile", "spike_applicable", "spike_ms", "matmul_ms", "sampled_density"]
-
-@nb.njit(cache=True, parallel=True)
-def _row_index(x):
-    """CSR of the nonzero entries of ``x [M, K]``. Branch-free: every column index is written
-    to a per-row scratch slot and the slot pointer advances only on a nonzero (a data-dependent
-    branch at ~10% density mispredicts often enough to cost 4x)."""
-    M, K = x.shape
-    scratch = np.empty((M, K), np.int32)
-    counts = np.zeros(M + 1, np.int64)
-    for r in prange(M):
-        c = 0
-        s = scratch[r]
-        xr = x[r]
-        for i in range(K):
-            s[c] = i
-            c += 1 if xr[i] != 0 else 0
-        counts[r + 1] = c
-    indptr = np.cumsum(counts)
-    idx = np.empty(indptr[-1], np.int32)
-    val = np.empty(indptr[-1], x.dtype)
-    for r in prange(M):
-        p0 = indptr[r]
-        s = scratch[r]
-        xr = x[r]
-        for q in range(indptr[r + 1] - p0):
-            i = s[q]
-            idx[p0 + q] = i
-            val[p0 + q] = xr[i]
-    return indptr, idx, val
-
-
-@nb.njit(cache=True)
-def _col_index(indptr, idx, val, K):
-    """Transpose the row index (CSR of X) into a column index (CSC of X)."""
-    M = indptr.shape[0] - 1
-    nnz = idx.shape[0]
-    cptr = np.zeros(K + 1, np.int64)
-    for p in range(nnz):
-        cptr[idx[p] + 1] += 1
-    for i in range(K):
-        cptr[i + 1] += cptr[i]
-    fill = cptr[:-1].copy()
-    rows = np.empty(nnz, np.int32)
-    cval = np.empty(nnz, val.dtype)
-    for r in range(M):
-        for p in range(indptr[r], indptr[r + 1]):
-            i = idx[p]
-            q = fill[i]
-            rows[q] = r
-            cval[q] = val[p]
-            fill[i] = q + 1
-    return cptr, rows, cval
-
 
 @nb.njit(cache=True, inline="always")
 def _gather_rows(idx, val, src, p, e, acc):
