@@ -26,8 +26,9 @@ Parallel decomposition (numba has no CPU atomics, so every thread owns what it w
 * forward: ``prange`` over batch rows; each row scans its inputs once, and for every
   nonzero one streams the contiguous CSR segment (indices + values, 8 bytes/synapse in
   float32) and scatter-adds into its own output row, which stays in L1/L2.
-* input gradient: ``prange`` over presynaptic rows ``i`` with the batch as the inner,
-  vectorised loop on transposed ``[n, B]`` copies: row ``i`` owns ``g^x[:, i]``.
+* input gradient: ``prange`` over tiles of presynaptic rows ``i`` with the batch as the
+  inner, vectorised loop on a transposed copy of the gradient (made by a parallel tiled
+  transpose): a tile owns ``g^x[:, i0:i1]``.
 * weight gradient / Hebbian / eligibility: ``prange`` over presynaptic rows; row ``i``
   owns its nnz segment ``[indptr_i, indptr_{i+1})`` and visits only the batch rows where
   it was active (the index of :func:`~neuroplastic.kernels.active_index.active_columns`,
@@ -170,16 +171,45 @@ def _gather_row(g_t, k0, k1, indices, data, o):  # pragma: no cover - compiled
             o[b] += w * g[b]
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _gather_rows_par(g_t, indptr, indices, data, out_t):  # pragma: no cover - compiled
-    for i in prange(out_t.shape[0]):
-        _gather_row(g_t, indptr[i], indptr[i + 1], indices, data, out_t[i])
-
-
 @njit(cache=True, boundscheck=False)
 def _gather_rows_seq(g_t, indptr, indices, data, out_t):  # pragma: no cover - compiled
     for i in range(out_t.shape[0]):
         _gather_row(g_t, indptr[i], indptr[i + 1], indices, data, out_t[i])
+
+
+_TILE = 16  # presynaptic rows (or postsynaptic columns) per tile of the transposes below
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _input_grad_par(g, indptr, indices, data, g_t, out):  # pragma: no cover - compiled
+    """``out[b, i] = sum_{k in row i} data[k] * g[b, j(k)]`` without numpy transposes:
+    ``g`` is transposed into ``g_t [n_post, B]`` by column tiles in parallel, each tile of
+    ``_TILE`` presynaptic rows accumulates ``[_TILE, B]`` (SIMD over the batch) and writes
+    it back as ``_TILE`` contiguous entries per batch row."""
+    B, n_post = g.shape
+    n_pre = out.shape[1]
+    for t in prange((n_post + _TILE - 1) // _TILE):
+        j0 = t * _TILE
+        j1 = min(j0 + _TILE, n_post)
+        for b in range(B):
+            gb = g[b]
+            for j in range(j0, j1):
+                g_t[j, b] = gb[j]
+    for t in prange((n_pre + _TILE - 1) // _TILE):
+        i0 = t * _TILE
+        i1 = min(i0 + _TILE, n_pre)
+        acc = np.zeros((i1 - i0, B), g.dtype)
+        for i in range(i0, i1):
+            o = acc[i - i0]
+            for k in range(indptr[i], indptr[i + 1]):
+                w = data[k]
+                src = g_t[indices[k]]
+                for b in range(B):
+                    o[b] += w * src[b]
+        for b in range(B):
+            ob = out[b]
+            for i in range(i0, i1):
+                ob[i] = acc[i - i0, b]
 
 
 @njit(cache=True, boundscheck=False)
@@ -387,10 +417,14 @@ def spmm_backward_input(grad_out: ArrayLike, csr: CSR) -> ArrayLike:
     -> ``[..., n_pre]``. Cost is nnz x rows (the incoming gradient is dense).
     """
     g, lead = _rows(grad_out, csr, csr.n_post, "grad_out")
+    if _parallel(g.shape[0] * csr.nnz):
+        out = np.empty((g.shape[0], csr.n_pre), dtype=csr.dtype)
+        g_t = np.empty((csr.n_post, g.shape[0]), dtype=csr.dtype)
+        _input_grad_par(np.ascontiguousarray(g), csr.indptr, csr.indices, csr.data, g_t, out)
+        return like(out.reshape(*lead, csr.n_pre), grad_out)
     g_t = np.ascontiguousarray(g.T)
     out_t = np.empty((csr.n_pre, g.shape[0]), dtype=csr.dtype)
-    gather = _gather_rows_par if _parallel(g.shape[0] * csr.nnz) else _gather_rows_seq
-    gather(g_t, csr.indptr, csr.indices, csr.data, out_t)
+    _gather_rows_seq(g_t, csr.indptr, csr.indices, csr.data, out_t)
     return like(np.ascontiguousarray(out_t.T).reshape(*lead, csr.n_pre), grad_out)
 
 
