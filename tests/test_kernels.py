@@ -239,6 +239,33 @@ def test_eligibility_trace_matches_dense(layer, rows, kind, batched, parallel):
         np.testing.assert_allclose(csr.scatter_to_dense(trace), expected, **TOL[dtype])
 
 
+def test_outer_products_across_batch_row_blocks():
+    """A wide layer (8192 outputs: blocks of 24 batch rows in the parallel outer product)
+    and 100 rows, so every presynaptic row's cursor crosses several blocks: SDDMM, clipped
+    Hebbian and eligibility traces (decay of idle rows) match the dense references."""
+    with twins(True):
+        rng = np.random.default_rng(11)
+        n_post, n_pre, rows = 8192, 12, 100
+        weight = rng.standard_normal((n_post, n_pre)).astype(np.float64)
+        mask = rng.random((n_post, n_pre)) < 0.05
+        csr = csr_from_dense(weight, mask)
+        x = (rng.random((rows, n_pre)) < 0.3) * rng.standard_normal((rows, n_pre))
+        x[:, 3] = 0.0  # an idle presynaptic row
+        g = rng.standard_normal((rows, n_post))
+        grad = sddmm_weight_grad(g, x, csr)
+        np.testing.assert_allclose(csr.scatter_to_dense(grad), (g.T @ x) * mask, rtol=1e-10, atol=1e-10)
+        expected = weight + 0.3 / rows * (g.T @ x)
+        touched = (x != 0).any(axis=0)[None, :]
+        expected = np.where(touched, np.clip(expected, -0.5, 0.5), weight)
+        hebbian_update(csr.data, csr, x, g, 0.3, -0.5, 0.5)
+        np.testing.assert_allclose(csr.to_dense(), expected * mask, rtol=1e-10, atol=1e-10)
+        trace = rng.standard_normal(csr.nnz)
+        before = csr.scatter_to_dense(trace.copy())
+        eligibility_trace_update(trace, csr, np.abs(x), g, 0.8)
+        np.testing.assert_allclose(csr.scatter_to_dense(trace), 0.8 * before + (g.T @ np.abs(x)) / rows * mask,
+                                   rtol=1e-10, atol=1e-10)
+
+
 def test_forward_method_choice_and_blocks(monkeypatch):
     rng = np.random.default_rng(5)
     w = rng.standard_normal((7, 11)).astype(np.float32)
