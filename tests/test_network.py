@@ -136,3 +136,27 @@ def test_event_backend_matches_dense(dtype, density):
     torch.testing.assert_close(event.weight.grad, dense.weight.grad, **tol)
     torch.testing.assert_close(event.bias.grad, dense.bias.grad, **tol)
     assert torch.all(event.weight.grad[~mask] == 0)
+
+
+@pytest.mark.parametrize("setting", ["task", "domain"])
+def test_multitask_mixes_tasks_that_share_a_head(setting):
+    """Multitask trains stage t on tasks 0..t: tasks sharing a head are one data set (every
+    minibatch mixes them), tasks with their own head stay separate sources."""
+    from neuroplastic.datasets import ArrayDataset
+    from neuroplastic.datasets.streams import split
+
+    from neuroplastic.plugins import build_plugins
+
+    g = torch.Generator().manual_seed(0)
+    data = ArrayDataset(torch.rand(120, 6, generator=g), torch.arange(120) % 6, 6)
+    stream = split(data, data, classes_per_task=2, setting=setting)
+    mt = build_plugins("multitask", {}).plugins[0]
+    sources = mt.train_sources(2, stream, [])
+    if setting == "task":
+        assert [h for _, h in sources] == [0, 1, 2]
+        assert [len(ds) for ds, _ in sources] == [len(t.train) for t in stream.tasks[:3]]
+    else:
+        assert len(sources) == 1 and sources[0][1] == 0
+        ds = sources[0][0]
+        assert len(ds) == sum(len(t.train) for t in stream.tasks[:3])
+        assert torch.equal(ds.x, torch.cat([t.train.x for t in stream.tasks[:3]]))
