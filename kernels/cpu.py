@@ -212,33 +212,39 @@ def _input_grad_par(g, indptr, indices, data, g_t, out):  # pragma: no cover - c
                 ob[i] = acc[i - i0, b]
 
 
-@njit(cache=True, boundscheck=False)
-def _outer_row(c0, c1, brows, bvals, y, k0, k1, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
-    """out[k] = clip(beta*out[k] + alpha * sum_b y[b, indices[k]] * x[b, i], lo, hi), k0<=k<k1,
-    over the batch rows ``b = brows[c0:c1]`` where presynaptic ``i`` is active (values
-    ``bvals``; ascending ``b``, so the sum runs in batch order).
-
-    A row with no active input is left alone unless ``touch_idle`` (then out *= beta, no
-    clipping).
-    """
-    if k0 == k1:
-        return
-    first = True
-    for c in range(c0, c1):
+@njit(cache=True, boundscheck=False, inline="always")
+def _outer_advance(i, cur, r1, cptr, brows, bvals, y, indptr, indices, out, alpha, beta):  # pragma: no cover
+    """Presynaptic row ``i``: fold in its active batch rows ``brows[cur[i]:]`` below ``r1``,
+    ``out[k] (=beta*out[k] on the first) += alpha * x[b, i] * y[b, indices[k]]`` over its
+    segment ``k``; the list is ascending in ``b``, so the sum runs in batch order."""
+    k0 = indptr[i]
+    k1 = indptr[i + 1]
+    c = cur[i]
+    ce = cptr[i + 1]
+    while c < ce and brows[c] < r1:
         a = alpha * bvals[c]
         yb = y[brows[c]]
-        if first:
+        if c == cptr[i]:
             if beta == 0.0:
                 for k in range(k0, k1):
                     out[k] = a * yb[indices[k]]
             else:
                 for k in range(k0, k1):
                     out[k] = beta * out[k] + a * yb[indices[k]]
-            first = False
         else:
             for k in range(k0, k1):
                 out[k] += a * yb[indices[k]]
-    if first:
+        c += 1
+    cur[i] = c
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _outer_finish(i, cptr, indptr, out, beta, lo, hi, touch_idle):  # pragma: no cover
+    """Row ``i`` after all batch rows: an idle row is left alone unless ``touch_idle`` (then
+    ``out *= beta``, no clipping); an active one is clipped to ``[lo, hi]``."""
+    k0 = indptr[i]
+    k1 = indptr[i + 1]
+    if cptr[i] == cptr[i + 1]:
         if touch_idle and beta != 1.0:
             for k in range(k0, k1):
                 out[k] = beta * out[k]
@@ -254,52 +260,26 @@ _OUTER_BLOCK_FLOATS = 3 << 16
 
 @njit(cache=True, parallel=True, boundscheck=False)
 def _outer_par(cptr, brows, bvals, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
-    """:func:`_outer_row` for every presynaptic row, in blocks of rows of ``y`` (the
-    gathers ``y[b, j(k)]`` then hit L2; each presynaptic row keeps a cursor into its
-    ascending batch-row list, and its first entry applies ``beta``)."""
+    """``out[k] = clip(beta*out[k] + alpha * sum_b y[b, j(k)] x[b, i(k)], lo, hi)`` for every
+    presynaptic row, in blocks of rows of ``y`` (the gathers ``y[b, j(k)]`` then hit L2;
+    each row keeps a cursor into its ascending batch-row list)."""
     n_pre = cptr.shape[0] - 1
-    M = y.shape[0]
     R = max(16, _OUTER_BLOCK_FLOATS // max(y.shape[1], 1))
     cur = cptr[:-1].copy()
-    for r0 in range(0, M, R):
-        r1 = r0 + R
+    for r0 in range(0, y.shape[0], R):
         for i in prange(n_pre):
-            k0 = indptr[i]
-            k1 = indptr[i + 1]
-            c = cur[i]
-            ce = cptr[i + 1]
-            while c < ce and brows[c] < r1:
-                a = alpha * bvals[c]
-                yb = y[brows[c]]
-                if c == cptr[i]:
-                    if beta == 0.0:
-                        for k in range(k0, k1):
-                            out[k] = a * yb[indices[k]]
-                    else:
-                        for k in range(k0, k1):
-                            out[k] = beta * out[k] + a * yb[indices[k]]
-                else:
-                    for k in range(k0, k1):
-                        out[k] += a * yb[indices[k]]
-                c += 1
-            cur[i] = c
+            _outer_advance(i, cur, r0 + R, cptr, brows, bvals, y, indptr, indices, out, alpha, beta)
     for i in prange(n_pre):
-        k0 = indptr[i]
-        k1 = indptr[i + 1]
-        if cptr[i] == cptr[i + 1]:
-            if touch_idle and beta != 1.0:
-                for k in range(k0, k1):
-                    out[k] = beta * out[k]
-        elif lo > -np.inf or hi < np.inf:
-            for k in range(k0, k1):
-                out[k] = min(max(out[k], lo), hi)
+        _outer_finish(i, cptr, indptr, out, beta, lo, hi, touch_idle)
 
 
 @njit(cache=True, boundscheck=False)
 def _outer_seq(cptr, brows, bvals, y, indptr, indices, out, alpha, beta, lo, hi, touch_idle):  # pragma: no cover
+    """Serial twin of :func:`_outer_par` (one block)."""
+    cur = cptr[:-1].copy()
     for i in range(cptr.shape[0] - 1):
-        _outer_row(cptr[i], cptr[i + 1], brows, bvals, y, indptr[i], indptr[i + 1], indices, out,
-                   alpha, beta, lo, hi, touch_idle)
+        _outer_advance(i, cur, y.shape[0], cptr, brows, bvals, y, indptr, indices, out, alpha, beta)
+        _outer_finish(i, cptr, indptr, out, beta, lo, hi, touch_idle)
 
 
 def _parallel(work: int) -> bool:
