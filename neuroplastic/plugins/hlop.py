@@ -196,10 +196,7 @@ def _lazy_basis(H_old: torch.Tensor) -> torch.Tensor:
     The lazy sync projects the *accumulated* change again at every sync, so its
     projector must be idempotent; ``I - H^T H`` of a learned ``H`` is not (an eigenvalue
     :math:`1 - s^2 < -1` would grow the old-subspace part at every sync)."""
-    if H_old.shape[0] == 0:
-        return H_old.clone()
-    _, S, Vh = torch.linalg.svd(H_old.double(), full_matrices=False)
-    return Vh[S * S >= 0.5].to(H_old.dtype).contiguous()
+    return orthonormalize(H_old, min_singular=math.sqrt(0.5))
 
 
 class HLOP(Plugin):

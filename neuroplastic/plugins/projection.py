@@ -223,13 +223,13 @@ def random_orthonormal_rows(k: int, D: int, generator: torch.Generator | None = 
     return Q.T.contiguous().to(dtype)
 
 
-def orthonormalize(H: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+def orthonormalize(H: torch.Tensor, rtol: float = 1e-6, min_singular: float = 0.0) -> torch.Tensor:
     """An orthonormal basis (rows) of ``span(H)`` via SVD; directions with singular value
-    below ``rtol * max`` are dropped."""
+    below ``rtol * max`` (or below ``min_singular``) are dropped."""
     if H.shape[0] == 0:
         return H.clone()
     _, S, Vh = torch.linalg.svd(H.double(), full_matrices=False)
-    keep = S > rtol * S.max().clamp_min(1e-30)
+    keep = (S > rtol * S.max().clamp_min(1e-30)) & (S >= min_singular)
     return Vh[keep].to(H.dtype).contiguous()
 
 
