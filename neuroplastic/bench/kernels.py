@@ -37,6 +37,8 @@ from numba import njit, prange
 
 from neuroplastic.kernels import CSRCache, cpu, csr_from_dense, event_linear
 
+from .timing import interleaved_samples
+
 ROW_KEYS = (
     "rate",
     "density",
@@ -100,13 +102,7 @@ def _best_ms(
             fn()
         once = time.perf_counter() - t0
         repeats = int(min(50, max(3, budget_s / max(once, 1e-6))))
-    best = [np.inf] * len(fns)
-    for _ in range(repeats):
-        for n, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[n] = min(best[n], time.perf_counter() - t0)
-    return [float(t * 1e3) for t in best]
+    return [float(min(v)) for v in interleaved_samples(fns, repeats, warmup=0)]
 
 
 def _layer(n: int, density: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

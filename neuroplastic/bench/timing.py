@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def time_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
@@ -19,16 +19,23 @@ def time_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> flo
     return statistics.median(samples)
 
 
-def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
-    """Median wall time (ms) of each ``fns[k]()``, timed in ``repeats`` rounds that call
-    every function once in turn (after ``warmup`` rounds)."""
+def interleaved_samples(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 2) -> list[list[float]]:
+    """Wall times (ms) of each ``fns[n]()`` over ``repeats`` rounds that call every function
+    once in turn (after ``warmup`` such rounds), so a burst of load from other processes
+    hits all of them alike."""
     for _ in range(warmup):
-        for fn in fns.values():
+        for fn in fns:
             fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for k, fn in fns.items():
+        for n, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+            samples[n].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
+    """Median wall time (ms) of each ``fns[k]()`` over :func:`interleaved_samples` rounds."""
+    samples = interleaved_samples(list(fns.values()), repeats, warmup)
+    return {k: statistics.median(v) for k, v in zip(fns, samples)}
