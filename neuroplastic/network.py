@@ -32,11 +32,15 @@ __all__ = ["SNN", "mlp", "cnn", "unit_gain_r"]
 class SNN(nn.Module):
     """A feed-forward spiking network: an ordered, named list of layers."""
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], n_out: int, n_heads: int = 1) -> None:
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]], n_out: int, n_heads: int = 1,
+                 in_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleDict(dict(layers))
         self.n_out = n_out
         self.n_heads = n_heads
+        #: shape of one input sample (no time, no batch), e.g. ``(784,)`` or ``(1, 28, 28)``;
+        #: export needs it for conv layers (``None`` when unknown)
+        self.in_shape = tuple(int(v) for v in in_shape) if in_shape is not None else None
         self.recordings: dict[str, dict[str, torch.Tensor]] = {}
         self._record = False
 
@@ -92,7 +96,7 @@ def unit_gain_r(tau_mem: float, dt: float, integration: str) -> float:
 
 
 def _neuron(kind: str, neuron_kw: dict) -> nn.Module:
-    if kind not in NEURONS or kind == "li":
+    if kind not in NEURONS or not NEURONS[kind].spiking:
         raise UserError(f"unknown neuron {kind!r}; choose one of lif, if, cubalif, alif")
     kw = dict(neuron_kw)
     if kw.pop("unit_gain", True) and kind != "if":
@@ -128,7 +132,7 @@ def mlp(sizes: Sequence[int], neuron: str = "lif", readout: str = "li", n_heads:
     n_out = sizes[-1]
     layers.append((f"fc{len(sizes) - 1}", Linear(sizes[-2], n_out * n_heads, bias=bias)))
     layers.append(("readout", _readout(readout, neuron, neuron_kw)))
-    return SNN(layers, n_out, n_heads)
+    return SNN(layers, n_out, n_heads, in_shape=(int(sizes[0]),))
 
 
 def cnn(in_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (16, 32), n_out: int = 10,
@@ -148,6 +152,6 @@ def cnn(in_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (16, 32
     layers.append(("flatten", Flatten()))
     layers.append(("fc", Linear(c * h * w, n_out * n_heads, bias=bias)))
     layers.append(("readout", _readout(readout, neuron, neuron_kw)))
-    return SNN(layers, n_out, n_heads)
+    return SNN(layers, n_out, n_heads, in_shape=tuple(in_shape))
 
 

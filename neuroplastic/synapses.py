@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - numba missing: dense path only
     _dispatch = _spike_linear = None
 
-__all__ = ["Synapse", "Linear", "Conv2d", "AvgPool2d", "MaxPool2d", "Flatten", "is_synapse"]
+__all__ = ["Synapse", "Linear", "Conv2d", "AvgPool2d", "SumPool2d", "MaxPool2d", "Flatten", "Scale", "is_synapse"]
 
 
 class Synapse:
@@ -139,6 +139,17 @@ class AvgPool2d(nn.AvgPool2d):
         return _time_batched(super().forward, x)
 
 
+class SumPool2d(nn.AvgPool2d):
+    """Sum pooling over ``[T, B, C, H, W]`` (NIR ``SumPool2d``): the window's sum, zero padding
+    counted as zeros (average pooling with divisor 1)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__(kernel_size, stride, padding, count_include_pad=True, divisor_override=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _time_batched(super().forward, x)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """Max pooling over ``[T, B, C, H, W]`` (of spikes: an OR over the window)."""
 
@@ -151,6 +162,17 @@ class Flatten(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+class Scale(nn.Module):
+    """Elementwise gain ``y_t = x_t * s`` (NIR ``Scale``); ``s`` has the shape of one sample."""
+
+    def __init__(self, scale) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype)
 
 
 def is_synapse(m: nn.Module) -> bool:

@@ -8,6 +8,9 @@ integrated over ``dt`` by ``integration="exact"`` (:math:`a = e^{-dt/\tau}`) or
 :math:`v^{pre}_t = a v_{t-1} + (1-a) v_{leak} + (1-a) R I_t`; see
 :mod:`neuroplastic.neurons.functional` for the full equations and resets.
 
+Every parameter is a scalar or, for networks read from NIR files that carry per-neuron
+values, an array of the layer's shape (stored as a buffer, broadcast over the batch).
+
 ``forward`` continues from the state left by the previous call (``reset()`` clears it);
 with ``record = True`` the module keeps the last membrane trace (pre-reset membrane,
 ``[T, B, ...]``) in ``self.v_trace``.
@@ -23,13 +26,42 @@ from ..surrogate import Surrogate, get_surrogate
 from . import functional as F
 from .fused import lif_multistep_fused
 
-__all__ = ["Neuron", "LIF", "IF", "CubaLIF", "ALIF", "LI"]
+__all__ = ["Neuron", "LIF", "IF", "CubaLIF", "ALIF", "LI", "CubaLI", "as_constant"]
 
 
-def _param(value: float, learn: bool, shape) -> torch.Tensor | float:
-    if not learn:
+def as_constant(value) -> float | torch.Tensor:
+    """A fixed neuron parameter: a ``float`` for a scalar or an array whose entries are all
+    equal, else a float32 tensor of per-neuron values."""
+    if isinstance(value, int | float):
         return float(value)
-    return nn.Parameter(torch.full(tuple(shape or ()), float(value)))
+    t = torch.as_tensor(value).detach().to(torch.float64).cpu()
+    flat = t.reshape(-1)
+    if flat.numel() == 0:
+        raise UserError("a neuron parameter array is empty")
+    if flat.numel() == 1 or bool((flat == flat[0]).all()):
+        return float(flat[0])
+    return t.to(torch.float32)
+
+
+def _positive(name: str, value) -> None:
+    ok = bool((value > 0).all()) if isinstance(value, torch.Tensor) else value > 0
+    if not ok:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
+def _param(value, learn: bool, shape) -> torch.Tensor | float:
+    if not learn:
+        return as_constant(value)
+    if isinstance(value, int | float):
+        return nn.Parameter(torch.full(tuple(shape or ()), float(value)))
+    return nn.Parameter(torch.as_tensor(value, dtype=torch.float32).clone())
+
+
+def rest_like(like: torch.Tensor, v_leak) -> torch.Tensor:
+    """The resting membrane ``v_leak`` (scalar or per neuron) broadcast to ``like``."""
+    if isinstance(v_leak, torch.Tensor):
+        return torch.zeros_like(like) + v_leak.to(like)
+    return torch.full_like(like, v_leak)
 
 
 class Neuron(nn.Module):
@@ -54,14 +86,26 @@ class Neuron(nn.Module):
         self.reset_mode = reset
         self.detach_reset = detach_reset
         self.surrogate = get_surrogate(surrogate)
-        self.v_th = _param(v_th, learn_threshold, shape)
-        self.v_reset = float(v_reset)
-        self.v_leak = float(v_leak)
-        self.r = float(r)
+        self._fixed("v_th", _param(v_th, learn_threshold, shape))
+        self._fixed("v_reset", as_constant(v_reset))
+        self._fixed("v_leak", as_constant(v_leak))
+        self._fixed("r", as_constant(r))
         self.shape = shape
         self.state = None
         self.record = False
         self.v_trace: torch.Tensor | None = None
+
+    def _fixed(self, name: str, value) -> None:
+        """Set a parameter: a plain attribute for scalars and ``nn.Parameter``; a buffer for
+        per-neuron arrays (so ``.to()`` and ``state_dict`` carry it)."""
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            if hasattr(self, name) and name not in self._buffers:
+                delattr(self, name)
+            self.register_buffer(name, value)
+        else:
+            if name in self._buffers:
+                del self._buffers[name]
+            setattr(self, name, value)
 
     def reset(self) -> None:
         """Forget the state (call between independent sequences)."""
@@ -82,9 +126,9 @@ class LIF(Neuron):
 
     def __init__(self, tau_mem: float = 1e-2, *, learn_tau: bool = False, **kw) -> None:
         super().__init__(**kw)
-        if not tau_mem > 0:
-            raise UserError(f"tau_mem must be positive, got {tau_mem}")
-        self.tau_mem = _param(tau_mem, learn_tau, kw.get("shape"))
+        tau = _param(tau_mem, learn_tau, kw.get("shape"))
+        _positive("tau_mem", tau.detach() if isinstance(tau, torch.Tensor) else tau)
+        self._fixed("tau_mem", tau)
 
     def coefficients(self):
         """Decay ``a`` and input gain ``g = (1 - a) R`` for one step."""
@@ -95,7 +139,7 @@ class LIF(Neuron):
     def _initial(self, like: torch.Tensor) -> torch.Tensor:
         if self.state is not None:
             return self.state.v
-        return torch.full_like(like, self.v_leak)
+        return rest_like(like, self.v_leak)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, gain = self.coefficients()
@@ -114,7 +158,7 @@ class LIF(Neuron):
     def step(self, x: torch.Tensor, state: F.LIFState | None = None) -> tuple[torch.Tensor, F.LIFState]:
         """One step ``x [B, ...]`` from ``state`` (rest if None). Returns ``(z, state)``."""
         a, gain = self.coefficients()
-        state = state or F.LIFState(torch.full_like(x, self.v_leak))
+        state = state or F.LIFState(rest_like(x, self.v_leak))
         z, state, _ = F.lif_step(x, state, a, gain, self.v_leak, self.v_th, self.v_reset,
                                  self.surrogate, self.reset_mode, self.detach_reset)
         return z, state
@@ -125,6 +169,7 @@ class IF(LIF):
 
     def __init__(self, **kw) -> None:
         kw.pop("learn_tau", None)
+        kw.pop("tau_mem", None)
         super().__init__(tau_mem=1.0, **kw)
         self.tau_mem = float("inf")
 
@@ -143,10 +188,9 @@ class CubaLIF(LIF):
 
     def __init__(self, tau_mem: float = 1e-2, tau_syn: float = 5e-3, w_in: float = 1.0, **kw) -> None:
         super().__init__(tau_mem, **kw)
-        if not tau_syn > 0:
-            raise UserError(f"tau_syn must be positive, got {tau_syn}")
-        self.tau_syn = float(tau_syn)
-        self.w_in = float(w_in)
+        self._fixed("tau_syn", as_constant(tau_syn))
+        _positive("tau_syn", self.tau_syn)
+        self._fixed("w_in", as_constant(w_in))
         self.i_state: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -201,7 +245,7 @@ class ALIF(LIF):
         rho = F.decay(self.dt, self.tau_adapt, self.integration)
         if state is None:
             zero = torch.zeros_like(x)
-            state = F.ALIFState(torch.full_like(x, self.v_leak), zero, zero)
+            state = F.ALIFState(rest_like(x, self.v_leak), zero, zero)
         return F.alif_step(x, state, a, gain, self.v_leak, self.v_th, self.v_reset, rho,
                            self.beta_adapt, self.surrogate, self.reset_mode, self.detach_reset)
 
@@ -218,9 +262,8 @@ class LI(Neuron):
 
     def __init__(self, tau_mem: float = 1e-2, **kw) -> None:
         super().__init__(**kw)
-        if not tau_mem > 0:
-            raise UserError(f"tau_mem must be positive, got {tau_mem}")
-        self.tau_mem = float(tau_mem)
+        self._fixed("tau_mem", as_constant(tau_mem))
+        _positive("tau_mem", self.tau_mem)
 
     def coefficients(self):
         a = F.decay(self.dt, self.tau_mem, self.integration)
@@ -228,7 +271,7 @@ class LI(Neuron):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, gain = self.coefficients()
-        v0 = self.state if self.state is not None else torch.full_like(x[0], self.v_leak)
+        v0 = self.state if self.state is not None else rest_like(x[0], self.v_leak)
         v, self.state = F.li_multistep(x, v0, a, gain, self.v_leak)
         if self.record:
             self.v_trace = v.detach()
@@ -236,6 +279,39 @@ class LI(Neuron):
 
     def step(self, x, state=None):
         a, gain = self.coefficients()
-        v = state if state is not None else torch.full_like(x, self.v_leak)
+        v = state if state is not None else rest_like(x, self.v_leak)
         v = a * v + (1 - a) * self.v_leak + gain * x
         return v, v
+
+
+class CubaLI(LI):
+    r"""Current-based leaky integrator (NIR ``CubaLI``): :math:`\tau_s \dot i = -i + w_{in} I`,
+    :math:`\tau_m \dot v = (v_{leak} - v) + R i`; the synaptic filter of :class:`CubaLIF`
+    (current of the same step) followed by :class:`LI`. ``forward`` returns the membrane."""
+
+    def __init__(self, tau_mem: float = 1e-2, tau_syn: float = 5e-3, w_in: float = 1.0, **kw) -> None:
+        super().__init__(tau_mem, **kw)
+        self._fixed("tau_syn", as_constant(tau_syn))
+        _positive("tau_syn", self.tau_syn)
+        self._fixed("w_in", as_constant(w_in))
+        self.i_state: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.i_state = None
+
+    synapse_coefficients = CubaLIF.synapse_coefficients
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a_s, g_s = self.synapse_coefficients()
+        i0 = self.i_state if self.i_state is not None else torch.zeros_like(x[0])
+        i, self.i_state = F.synaptic_filter(x, i0, a_s, g_s)
+        return super().forward(i)
+
+    def step(self, x, state=None):
+        """One step; ``state`` is ``(v, i)``."""
+        v, i = state if state is not None else (None, torch.zeros_like(x))
+        a_s, g_s = self.synapse_coefficients()
+        i = a_s * i + g_s * x
+        out, v = super().step(i, v)
+        return out, (v, i)
