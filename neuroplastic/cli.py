@@ -2,7 +2,9 @@
 
 ``neuroplastic run [CONFIG.toml] [--method M[+M...][,M...]] [--dataset ...] ...`` runs
 continual experiments (no arguments: the embedded default on permuted digits);
-``neuroplastic bench peers|kernels`` runs the performance comparisons.
+``neuroplastic export`` writes a trained network as a NIR graph or our sparse HDF5 archive;
+``neuroplastic simulate`` runs a saved network on an input array;
+``neuroplastic bench peers|kernels|simulate`` runs the performance comparisons.
 Bad input prints one line ``neuroplastic: error: ...`` and exits with code 2.
 """
 
@@ -39,8 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--out", help="run directory (default runs/<name>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    e = sub.add_parser("export", help="write a trained network as NIR or a sparse HDF5 archive")
+    e.add_argument("source", help="run directory or checkpoint (ckpt_task<I>.pt)")
+    e.add_argument("--format", choices=["nir", "h5"], required=True)
+    e.add_argument("-o", "--output", required=True, help="file to write")
+    e.add_argument("--method", help="the method to export from a run of several methods")
+    e.add_argument("--task", type=int, help="the checkpoint after task I (default: the last)")
+    e.add_argument("--head", type=int, help="the readout head of a multi-head network (NIR holds one)")
+    e.add_argument("--quantize", type=int, choices=[8, 16], help="fixed-point weights (bits), per-row scales")
+    e.add_argument("--dt", type=float, help="NIR: the step a simulator will use (default: the model's)")
+    e.add_argument("--integration", choices=["exact", "euler"],
+                   help="NIR: how a simulator will integrate (default: the model's)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    s_ = sub.add_parser("simulate", help="run a saved network (.nir or .h5) on an input array")
+    s_.add_argument("model", help="NIR graph (any tool's) or neuroplastic archive")
+    s_.add_argument("input", help="input [T, B, N] or [T, B, C, H, W] (.npy or .h5)")
+    s_.add_argument("-o", "--output", required=True, help="output .h5 (NIR time-gridded data layout)")
+    s_.add_argument("--dt", type=float, help="time step (default: the file's)")
+    s_.add_argument("--integration", choices=["exact", "euler"], help="default: the file's (euler for foreign NIR)")
+    s_.add_argument("--record", default="spikes", help="observables per layer: spikes,v (default spikes)")
+    s_.add_argument("--batch", type=int, default=256, help="samples per batch (default 256)")
+    s_.add_argument("--quiet", action="store_true", help="no progress bars")
     b = sub.add_parser("bench", help="performance comparisons")
-    b.add_argument("what", choices=["peers", "kernels"])
+    b.add_argument("what", choices=["peers", "kernels", "simulate"])
     b.add_argument("--json", help="write the rows as JSON to this file")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (kernels: n <= 1024)")
     return p
@@ -111,9 +134,23 @@ def _cmd_bench(a) -> int:
         argv.append("--quick")
     if a.what == "peers":
         from .bench.peers import main as bench_main
+    elif a.what == "simulate":
+        from .bench.simulate import main as bench_main
     else:
         from .bench.kernels import main as bench_main
     return bench_main(argv)
+
+
+def _cmd_export(a) -> int:
+    from .export.commands import export_command
+
+    return export_command(a)
+
+
+def _cmd_simulate(a) -> int:
+    from .export.commands import simulate_command
+
+    return simulate_command(a)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command is None:
             build_parser().print_help()
             return 2
-        return {"run": _cmd_run, "bench": _cmd_bench}[a.command](a)
+        commands = {"run": _cmd_run, "bench": _cmd_bench, "export": _cmd_export, "simulate": _cmd_simulate}
+        return commands[a.command](a)
     except UserError as exc:
         print(f"neuroplastic: error: {exc}", file=sys.stderr)
         return 2

@@ -129,6 +129,12 @@ def to_nir(model: SNN, dt: float | None = None, integration: str | None = None, 
         raise UserError(f"NIR rejected the graph: {str(exc).splitlines()[0]}") from None
 
 
+def _sparse_meta(layer: nn.Module) -> dict:
+    if layer.mask is None:
+        return {}
+    return {f"{META}sparse": True, f"{META}density": float(layer.mask.float().mean())}
+
+
 def _layer_to_nir(name: str, layer: nn.Module, shape: tuple[int, ...], target: Timing, rows: slice | None):
     """``(node, output shape)`` of one layer fed ``shape``."""
     if isinstance(layer, Linear):
@@ -138,9 +144,7 @@ def _layer_to_nir(name: str, layer: nn.Module, shape: tuple[int, ...], target: T
         b = layer.bias
         if rows is not None:
             w, b = w[rows], (b[rows] if b is not None else None)
-        meta = {}
-        if layer.mask is not None:
-            meta = {f"{META}sparse": True, f"{META}density": float(layer.mask.float().mean())}
+        meta = _sparse_meta(layer)
         node = (nir.Affine(weight=_np(w), bias=_np(b), metadata=meta) if b is not None
                 else nir.Linear(weight=_np(w), metadata=meta))
         return node, (int(w.shape[0]),)
@@ -150,7 +154,7 @@ def _layer_to_nir(name: str, layer: nn.Module, shape: tuple[int, ...], target: T
         if len(shape) != 3 or shape[0] != layer.in_channels:
             raise UserError(f"layer {name!r} expects [C={layer.in_channels}, H, W] input, gets shape {shape}")
         bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_channels)
-        meta = {f"{META}sparse": True, f"{META}density": float(layer.mask.float().mean())} if layer.mask is not None else {}
+        meta = _sparse_meta(layer)
         node = nir.Conv2d(input_shape=shape[1:], weight=_np(layer.effective_weight()), stride=_pair(layer.stride),
                           padding=_pair(layer.padding), dilation=_pair(layer.dilation), groups=int(layer.groups),
                           bias=_np(bias), metadata=meta)
@@ -281,6 +285,16 @@ def _input_shape(in_type, first: nir.NIRNode) -> tuple[int, ...]:
     return shape
 
 
+def _ints2(v) -> tuple[int, int]:
+    """A NIR stride/padding/dilation (int, pair or array) as a pair of ints."""
+    flat = np.asarray(v).reshape(-1)
+    return (int(flat[0]), int(flat[-1]))
+
+
+def _bias(b, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.broadcast_to(np.asarray(b, np.float32), (n,)).copy())
+
+
 def _masked_if_sparse(layer: nn.Module, node: nir.NIRNode, name: str) -> None:
     w = layer.weight.detach()
     marked = bool(_meta(node.metadata, f"{META}sparse", False))
@@ -300,7 +314,7 @@ def _layer_from_nir(name: str, node: nir.NIRNode, shape: tuple[int, ...], timing
         with torch.no_grad():
             layer.weight.copy_(w)
             if bias:
-                layer.bias.copy_(torch.from_numpy(np.broadcast_to(np.asarray(node.bias, np.float32), (w.shape[0],)).copy()))
+                layer.bias.copy_(_bias(node.bias, w.shape[0]))
         _masked_if_sparse(layer, node, name)
         pre = [] if len(shape) == 1 else [(f"{name}.flatten", Flatten())]
         return pre + [(name, layer)], (int(w.shape[0]),)
@@ -308,20 +322,15 @@ def _layer_from_nir(name: str, node: nir.NIRNode, shape: tuple[int, ...], timing
         w = torch.from_numpy(np.asarray(node.weight, dtype=np.float32).copy())
         if len(shape) != 3:
             raise UserError(f"NIR node {name!r} (Conv2d) needs [C, H, W] input, gets shape {shape}")
-        pad = node.padding
-        if isinstance(pad, bytes | str):
-            pad = pad.decode() if isinstance(pad, bytes) else pad
-        else:
-            pad = _pair(np.asarray(pad).reshape(-1).tolist() if np.ndim(pad) else int(pad))
-        layer = Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
-                       stride=_pair(np.asarray(node.stride).reshape(-1).tolist() if np.ndim(node.stride) else int(node.stride)),
-                       padding=pad,
-                       dilation=_pair(np.asarray(node.dilation).reshape(-1).tolist() if np.ndim(node.dilation) else int(node.dilation)),
-                       groups=int(node.groups), bias=node.bias is not None)
+        pad = node.padding.decode() if isinstance(node.padding, bytes) else node.padding
+        has_bias = node.bias is not None
+        layer = Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]), stride=_ints2(node.stride),
+                       padding=pad if isinstance(pad, str) else _ints2(pad), dilation=_ints2(node.dilation),
+                       groups=int(node.groups), bias=has_bias)
         with torch.no_grad():
             layer.weight.copy_(w)
-            if node.bias is not None:
-                layer.bias.copy_(torch.from_numpy(np.broadcast_to(np.asarray(node.bias, np.float32), (w.shape[0],)).copy()))
+            if has_bias:
+                layer.bias.copy_(_bias(node.bias, w.shape[0]))
         _masked_if_sparse(layer, node, name)
         with torch.no_grad():
             out = layer(torch.zeros(1, 1, *shape)).shape[2:]

@@ -1,0 +1,106 @@
+"""The ``neuroplastic export`` and ``neuroplastic simulate`` commands (argument handling and
+messages; the work is in :mod:`.nir_graph`, :mod:`.archive`, :mod:`.source` and
+:mod:`neuroplastic.simulate`)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["export_command", "simulate_command", "mean_test_accuracy", "plugin_tables"]
+
+
+def mean_test_accuracy(model, cfg, stream) -> float:
+    """Mean test accuracy (percent) of ``model`` over every task of ``stream``, each through its
+    head, encoded as the run's trainer encodes (same evaluation seed as the runner)."""
+    from ..continual import _Encoded, _reshape_for, build_encoder
+    from ..training import Trainer
+
+    encoder = _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
+    trainer = Trainer(model, encoder, cfg.train, None, cfg.device, cfg.seed, quiet=True)
+    accs = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
+    return sum(accs) / len(accs)
+
+
+def plugin_tables(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """HLOP subspaces (``hlop/H``) and GPM bases (``gpm/U``) of a checkpoint, per layer."""
+    plugins = checkpoint.get("plugins") or {}
+    out = {}
+    if isinstance(plugins.get("hlop"), dict) and plugins["hlop"].get("H"):
+        out["hlop"] = {"H": dict(plugins["hlop"]["H"])}
+    if isinstance(plugins.get("gpm"), dict) and plugins["gpm"].get("U"):
+        out["gpm"] = {"U": dict(plugins["gpm"]["U"])}
+    return out
+
+
+def _note(msg: str) -> None:
+    print(f"neuroplastic: note: {msg}", file=sys.stderr)
+
+
+def export_command(a) -> int:
+    from ..config import to_toml
+    from .archive import save_archive
+    from .nir_graph import to_nir, write_nir
+    from .quantize import quantize_model
+    from .source import load_run_model, run_stream
+
+    out = Path(a.output)
+    if a.format == "h5" and (a.dt is not None or a.integration is not None):
+        raise UserError("--dt and --integration apply to --format nir (the archive keeps the model's own)")
+    if out.exists() and out.is_dir():
+        raise UserError(f"-o {out} is a directory; give a file name")
+    rm = load_run_model(a.source, a.method, a.task)
+    model = rm.model
+    info: dict[str, Any] = {"source": str(rm.path), "method": rm.method, "task": rm.task}
+    if a.quantize:
+        stream = run_stream(rm.cfg)
+        before = mean_test_accuracy(model, rm.cfg, stream)
+        model = copy.deepcopy(model)
+        quantize_model(model, a.quantize)
+        after = mean_test_accuracy(model, rm.cfg, stream)
+        info.update(accuracy_float=before, accuracy_quantized=after, accuracy_drop=before - after)
+        print(f"{a.quantize}-bit weights: test accuracy {before:.2f} -> {after:.2f} "
+              f"(drop {before - after:.2f} points, mean over {len(stream.tasks)} tasks)")
+    if a.format == "nir":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graph = to_nir(model, a.dt, a.integration, head=a.head)
+        for w in caught:
+            _note(str(w.message))
+        for k, v in info.items():
+            graph.metadata[f"neuroplastic_{k}"] = v
+        if a.quantize:
+            graph.metadata["neuroplastic_quantize_bits"] = a.quantize
+        write_nir(out, graph)
+    else:
+        save_archive(out, model, config=to_toml(rm.cfg), plugins=plugin_tables(rm.checkpoint),
+                     quantize=a.quantize, attrs=info)
+    print(f"{rm.method} after task {rm.task} -> {out} ({a.format})")
+    return 0
+
+
+def simulate_command(a) -> int:
+    from ..simulate import load_input, load_model, simulate
+
+    record = tuple(r.strip() for r in a.record.split(",") if r.strip())
+    model = load_model(a.model, a.dt, a.integration)
+    x = load_input(a.input)
+    out = Path(a.output)
+    if out.exists() and out.is_dir():
+        raise UserError(f"-o {out} is a directory; give a file name")
+    T, B = x.shape[0], x.shape[1]
+    try:
+        rates = simulate(model, x, out, batch=a.batch, record=record, dt=a.dt, quiet=a.quiet,
+                         attrs={"model": str(a.model), "input": str(a.input)}, where=str(a.input))
+    finally:
+        if hasattr(x, "file"):  # an h5py dataset: close its file
+            x.file.close()
+    print(f"{B} samples x {T} steps -> {out}")
+    for layer, r in rates.items():
+        print(f"  {layer:<16} firing rate {r:.4f}")
+    return 0

@@ -1,0 +1,189 @@
+"""Run a saved network (a NIR graph, ours or another tool's, or our HDF5 archive) on an input
+array and write what every layer did.
+
+Input: ``[T, B, N]`` (or ``[T, B, C, H, W]``) in a ``.npy`` file (memory-mapped, so inputs
+larger than memory stream through) or an ``.h5`` file (dataset ``input``, or its only
+dataset). Numbers (bool, int or float), finite, sample shape matching the model's input.
+
+Output (NIR's time-gridded data layout, readable with ``nir.read_data``)::
+
+    /                                attrs __type__ = "NIRGraphData", model, dt, integration, ...
+    /nodes/<layer>/                  attrs __type__ = "NIRNodeData"
+    /nodes/<layer>/observables/spikes/data   bool    [B, T, n_neurons]   (attrs __type__ =
+    /nodes/<layer>/observables/v/data        float32 [B, T, n_neurons]    "TimeGriddedData", dt)
+    /nodes/output/observables/{spikes|v}/data   the network's output (spikes, or the
+                                                readout membrane of an LI/CubaLI readout)
+
+(samples first, as NIR stores data; ``n_neurons`` flattens conv maps ``C*H*W``). ``v`` is the
+membrane before the reset of each step, written when ``record`` contains ``"v"``. Batches of
+``batch`` samples go through the network one after the other (a progress bar on the
+terminal); the file is written to a temporary name and renamed at the end, so an error or an
+interrupt leaves no output behind. Sparse layers run on the event-driven CSR kernels
+through the usual dispatch (:mod:`neuroplastic.kernels.dispatch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .network import SNN
+from .neurons import Neuron
+
+__all__ = ["load_model", "load_input", "simulate", "run_batches", "RECORDABLE"]
+
+RECORDABLE = ("spikes", "v")
+
+
+def load_model(path: str | Path, dt: float | None = None, integration: str | None = None) -> SNN:
+    """A network from a ``.nir`` graph or our ``.h5`` archive (told apart by content).
+
+    ``dt``/``integration`` say how to step the neurons' ODEs (default: the file's own)."""
+    from .export.archive import FORMAT, load_archive
+    from .export.nir_graph import from_nir
+    from .export.nir_params import Timing
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            kind = "archive" if f.attrs.get("format") in (FORMAT, FORMAT.encode()) else "nir" if "node" in f else None
+    except OSError:
+        raise UserError(f"{path}: not an HDF5 file (a .nir graph or a neuroplastic archive)") from None
+    if kind is None:
+        raise UserError(f"{path}: neither a NIR graph nor a neuroplastic archive")
+    if kind == "nir":
+        return from_nir(path, dt=dt, integration=integration)
+    model = load_archive(path).model
+    if dt is not None or integration is not None:
+        for m in model.modules():
+            if isinstance(m, Neuron):
+                t = Timing(float(dt) if dt is not None else m.dt, integration or m.integration)
+                m.dt, m.integration = t.dt, t.integration
+    return model
+
+
+def load_input(path: str | Path):
+    """The input array ``[T, B, ...]`` of a ``.npy`` (memory-mapped) or ``.h5`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path}: not a .npy or HDF5 file") from None
+    names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
+    name = "input" if "input" in names else names[0] if len(names) == 1 else None
+    if name is None:
+        f.close()
+        raise UserError(f"{path}: no dataset 'input' (datasets: {', '.join(names) or 'none'})")
+    return f[name]
+
+
+def _check_input(x, model: SNN, where: str) -> tuple[int, int]:
+    shape = tuple(int(s) for s in x.shape)
+    if len(shape) < 3:
+        raise UserError(f"{where}: input must be [T, B, N] or [T, B, C, H, W], got shape {shape}")
+    if np.dtype(x.dtype).kind not in "biuf":
+        raise UserError(f"{where}: input dtype {x.dtype} is not numeric")
+    want = model.in_shape
+    if want is not None and tuple(shape[2:]) != tuple(want):
+        raise UserError(f"{where}: samples of shape {shape[2:]} do not fit the model's input {tuple(want)}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise UserError(f"{where}: input has no time steps or no samples (shape {shape})")
+    return shape[0], shape[1]
+
+
+def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
+                quiet: bool = False, where: str = "input") -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+    """Yield ``(first sample, {layer: {observable: [b, T, n]}})`` per batch of ``x [T, B, ...]``."""
+    record = tuple(record)
+    bad = set(record) - set(RECORDABLE)
+    if bad or not record:
+        raise UserError(f"--record takes {', '.join(RECORDABLE)} (comma separated), got {','.join(record)!r}")
+    if batch < 1:
+        raise UserError(f"batch must be >= 1, got {batch}")
+    _, B = _check_input(x, model, where)
+    model.eval()
+    model._record = True
+    for m in model.modules():
+        if isinstance(m, Neuron):
+            m.record = "v" in record
+    bar = tqdm(total=B, desc="simulate", unit="sample", disable=True if quiet else None, leave=False)
+    try:
+        with torch.no_grad():
+            for start in range(0, B, batch):
+                xb = torch.from_numpy(np.ascontiguousarray(x[:, start:start + batch])).to(torch.float32)
+                if not torch.isfinite(xb).all():
+                    last = start + xb.shape[1] - 1
+                    raise UserError(f"{where}: input has NaN or infinite values (samples {start}..{last})")
+                out = model(xb)
+                rows: dict[str, dict[str, np.ndarray]] = {}
+                for name, rec in model.recordings.items():
+                    rows[name] = {k: _samples_first(v, k) for k, v in rec.items() if k in record}
+                last = model.layers[list(model.layers)[-1]]
+                key = "spikes" if getattr(last, "spiking", True) else "v"
+                rows["output"] = {key: _samples_first(out, key)}
+                yield start, rows
+                bar.update(xb.shape[1])
+    finally:
+        bar.close()
+        model._record = False
+        for m in model.modules():
+            if isinstance(m, Neuron):
+                m.record = False
+
+
+def _samples_first(t: torch.Tensor, key: str) -> np.ndarray:
+    a = t.detach().reshape(t.shape[0], t.shape[1], -1).transpose(0, 1).cpu().numpy()
+    return a.astype(bool) if key == "spikes" else a.astype(np.float32)
+
+
+def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterable[str] = ("spikes",),
+             dt: float | None = None, quiet: bool = False, attrs: dict | None = None,
+             where: str = "input") -> dict[str, float]:
+    """Run ``model`` on ``x [T, B, ...]`` (numpy, memmap or h5py dataset) batch by batch and
+    write the layout of the module doc to ``out`` atomically. Returns firing rates per layer."""
+    from .io import atomic_path
+
+    T, B = _check_input(x, model, where)
+    if dt is None:
+        dt = next((m.dt for m in model.modules() if isinstance(m, Neuron)), 1e-3)
+    totals: dict[str, list[float]] = {}
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["__type__"] = "NIRGraphData"
+        f.attrs["generator"] = "neuroplastic simulate"
+        f.attrs["time_steps"], f.attrs["samples"], f.attrs["dt"] = T, B, float(dt)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        nodes = f.create_group("nodes")
+        for start, rows in run_batches(model, x, batch, record, quiet, where):
+            for layer, obs in rows.items():
+                for key, a in obs.items():
+                    g = nodes.require_group(layer)
+                    g.attrs["__type__"] = "NIRNodeData"
+                    og = g.require_group("observables").require_group(key)
+                    if "data" not in og:
+                        og.attrs["__type__"], og.attrs["dt"] = "TimeGriddedData", float(dt)
+                        og.create_dataset("data", shape=(B, T, a.shape[2]), dtype=a.dtype,
+                                          chunks=(min(B, max(1, 2**20 // max(1, T * a.shape[2]))), T, a.shape[2]),
+                                          compression="gzip" if key == "spikes" else None)
+                    og["data"][start:start + a.shape[0]] = a
+                    if key == "spikes":
+                        acc = totals.setdefault(layer, [0.0, 0.0])
+                        acc[0] += float(a.sum())
+                        acc[1] += a.size
+    return {k: s / n if n else math.nan for k, (s, n) in totals.items()}
