@@ -63,4 +63,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path.stat().st_size == 0:
+            why = "the file is empty"
+        raise UserError(f"cannot read checkpoint {path}: {why}") from None

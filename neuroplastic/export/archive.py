@@ -110,10 +110,11 @@ def _write_layer(g: h5py.Group, name: str, layer: nn.Module, bits: int | None) -
     elif isinstance(layer, Conv2d):
         g.attrs["kind"] = "conv2d"
         _write_synapse(g, layer, bits)
-    elif isinstance(layer, AvgPool2d | MaxPool2d):
+    elif isinstance(layer, tuple(_POOLS.values())):
         g.attrs["kind"] = next(k for k, cls in _POOLS.items() if type(layer) is cls)
-        for key in ("kernel_size", "stride", "padding"):
-            g.attrs[key] = np.broadcast_to(np.asarray(getattr(layer, key) or layer.kernel_size, np.int64), (2,))
+        stride = layer.stride if layer.stride is not None else layer.kernel_size
+        for key, v in (("kernel_size", layer.kernel_size), ("stride", stride), ("padding", layer.padding)):
+            g.attrs[key] = np.broadcast_to(np.asarray(v, np.int64), (2,))
     elif isinstance(layer, Flatten):
         g.attrs["kind"] = "flatten"
     elif isinstance(layer, Scale):

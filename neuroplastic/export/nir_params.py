@@ -116,7 +116,7 @@ def neuron_to_nir(name: str, neuron: Neuron, shape: tuple[int, ...], target: Tim
             value = _tau_for(value, source, target)
         elif conv == "per_dt":
             value = _array(value) / target.dt
-        kw[nir_field] = np.broadcast_to(_array(value), shape).astype(np.float32).copy()
+        kw[nir_field] = np.broadcast_to(_array(value), shape).astype(np.float64).copy()  # float64: exact values
     meta = {f"{META}reset": neuron.reset_mode, f"{META}detach_reset": bool(neuron.detach_reset),
             f"{META}surrogate": f"{neuron.surrogate.name}:{float(neuron.surrogate.alpha)!r}"}
     return nir_cls(**kw, metadata=meta)
