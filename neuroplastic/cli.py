@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dt", type=float, help="NIR: the step a simulator will use (default: the model's)")
     e.add_argument("--integration", choices=["exact", "euler"],
                    help="NIR: how a simulator will integrate (default: the model's)")
+    e.add_argument("--fold-r", action="store_true",
+                   help="NIR: r = 1 on LIF/LI nodes, R folded into the weights (for importers that ignore r: Norse)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     s_ = sub.add_parser("simulate", help="run a saved network (.nir or .h5) on an input array")
     s_.add_argument("model", help="NIR graph (any tool's) or neuroplastic archive")

@@ -260,3 +260,18 @@ def test_quantized_archive_equals_quantized_model(tmp_path):
     with h5py.File(tmp_path / "q.h5") as f:
         assert f["model/layers/fc1/data_q"].dtype == np.int8
         assert f["model/layers/fc1/scale"].shape == (48,)
+
+
+def test_fold_r_moves_the_resistance_into_the_weights():
+    net = _mlp("lif", "euler", "zero", None)
+    g = to_nir(net, fold_r=True)
+    r = net.layers["lif1"].r
+    assert r != 1 and np.all(g.nodes["lif1"].r == 1) and np.all(g.nodes["readout"].r == 1)
+    np.testing.assert_allclose(g.nodes["fc1"].weight, net.layers["fc1"].weight.detach().numpy() * r, rtol=1e-6)
+    np.testing.assert_allclose(g.nodes["fc1"].bias, net.layers["fc1"].bias.detach().numpy() * r, rtol=1e-6)
+    x = _input((40, 8, 60))
+    assert float((from_nir(g)(x) == net(x)).float().mean()) >= 0.999  # the same ODE, to float rounding
+    cnn_net = cnn((1, 8, 8), channels=(2,), n_out=3, reset="zero")
+    g = to_nir(cnn_net, fold_r=True)
+    np.testing.assert_allclose(g.nodes["conv1"].weight, cnn_net.layers["conv1"].weight.detach().numpy()
+                               * cnn_net.layers["lif1"].r, rtol=1e-6)

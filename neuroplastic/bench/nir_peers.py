@@ -111,27 +111,29 @@ def _quiet() -> Iterator[None]:
 
 
 def _check_peer(peer: str) -> None:
+    """ValueError unless ``peer`` is one of :data:`PEERS`."""
     if peer not in PEERS:
         raise ValueError(f"unknown peer {peer!r}; one of {PEERS}")
 
 
 def _check_neuron(neuron: str) -> None:
+    """ValueError unless ``neuron`` is one of :data:`NEURONS`."""
     if neuron not in NEURONS:
         raise ValueError(f"unknown neuron {neuron!r}; one of {NEURONS}")
 
 
-def _neuron_nodes(graph: nir.NIRGraph) -> Iterator[nir.NIRNode]:
+def _all_nodes(graph: nir.NIRGraph) -> Iterator[nir.NIRNode]:
     """All nodes of ``graph``, sub-graphs flattened."""
     for node in graph.nodes.values():
         if isinstance(node, nir.NIRGraph):
-            yield from _neuron_nodes(node)
+            yield from _all_nodes(node)
         else:
             yield node
 
 
 def _refuse(graph: nir.NIRGraph, kinds: tuple[type, ...], why: str) -> None:
     """Raise :class:`PeerUnsupported` if ``graph`` holds a node of one of ``kinds``."""
-    found = sorted({type(n).__name__ for n in _neuron_nodes(graph) if isinstance(n, kinds)})
+    found = sorted({type(n).__name__ for n in _all_nodes(graph) if isinstance(n, kinds)})
     if found:
         raise PeerUnsupported(f"{', '.join(found)}: {why}")
 
@@ -150,7 +152,7 @@ def _importer_errors(peer: str) -> Iterator[None]:
 def _numpy_params(graph: nir.NIRGraph) -> nir.NIRGraph:
     """``graph`` (modified) with torch tensors in its nodes replaced by numpy arrays (some
     exporters leave tensors, some importers index them as arrays)."""
-    for node in _neuron_nodes(graph):
+    for node in _all_nodes(graph):
         for name, value in vars(node).items():
             if isinstance(value, torch.Tensor):
                 setattr(node, name, value.detach().cpu().numpy())
@@ -158,6 +160,7 @@ def _numpy_params(graph: nir.NIRGraph) -> nir.NIRGraph:
 
 
 def _time_first(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32, checked to have a time and a batch dimension."""
     if x.dim() < 3:
         raise ValueError(f"x must be time-first [T, B, ...], got shape {tuple(x.shape)}")
     return x.to(torch.float32)
@@ -166,10 +169,11 @@ def _time_first(x: torch.Tensor) -> torch.Tensor:
 def _rescale_taus(graph: nir.NIRGraph, factor: float) -> nir.NIRGraph:
     """A copy of ``graph`` whose LIF/CubaLIF/LI time constants are multiplied by ``factor``."""
     graph = copy.deepcopy(graph)
-    for node in _neuron_nodes(graph):
-        for name in ("tau", "tau_mem", "tau_syn"):
-            if isinstance(node, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI)) and hasattr(node, name):
-                setattr(node, name, np.asarray(getattr(node, name)) * factor)
+    for node in _all_nodes(graph):
+        if isinstance(node, (nir.LIF, nir.CubaLIF, nir.LI, nir.CubaLI)):
+            for name in ("tau", "tau_mem", "tau_syn"):
+                if hasattr(node, name):
+                    setattr(node, name, np.asarray(getattr(node, name)) * factor)
     return graph
 
 
@@ -188,8 +192,8 @@ _NEURON_FIELDS = {
 
 
 def _fix_types(graph: nir.NIRGraph) -> nir.NIRGraph:
-    """A copy of a flat graph with float32 arrays for tensors, per-neuron vectors for 0-d
-    neuron parameters, and Input/Output types taken from their neighbours (no batch/time dims)."""
+    """A new flat graph: float32 arrays for tensors, per-neuron vectors for 0-d neuron
+    parameters, and Input/Output types taken from their neighbours (no batch/time dims)."""
     nodes = dict(graph.nodes)
     for src, dst in graph.edges:  # neurons first: their size may come from the Affine before them
         nodes[dst] = _clean_node(nodes[dst], _size(nodes[src], "output"))
@@ -230,7 +234,7 @@ def _clean_node(node: nir.NIRNode, size: list[int] | None) -> nir.NIRNode:
 
 def _set_neuron_field(graph: nir.NIRGraph, kind: type, field: str, fn: Callable[[nir.NIRNode], np.ndarray]) -> None:
     """Set ``field`` of every ``kind`` node to ``fn(node)`` (float32)."""
-    for node in _neuron_nodes(graph):
+    for node in _all_nodes(graph):
         if type(node) is kind:
             setattr(node, field, np.asarray(fn(node), dtype=np.float32))
 
@@ -473,6 +477,7 @@ class _Rockpool:
 
     @staticmethod
     def reset(model: torch.nn.Module) -> None:
+        """Zero the neuron states (Rockpool keeps batch element 0's state after a call)."""
         for mod in model.modules():
             if hasattr(mod, "reset_state") and hasattr(mod, "tau_mem"):
                 mod.reset_state()
@@ -540,12 +545,14 @@ _ADAPTERS = {"norse": _Norse, "snntorch": _SnnTorch, "spikingjelly": _SpikingJel
 
 
 def _torch_linear(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
+    """A ``torch.nn.Linear`` holding ``w`` ``[out, in]`` and ``b``."""
     lin = torch.nn.Linear(w.shape[1], w.shape[0])
     _copy_linear(lin, w, b)
     return lin
 
 
 def _copy_linear(lin: torch.nn.Module, w: torch.Tensor, b: torch.Tensor) -> None:
+    """Copy ``w`` and ``b`` into a Linear-like module."""
     with torch.no_grad():
         lin.weight.copy_(w)
         lin.bias.copy_(b)
@@ -683,8 +690,68 @@ def _fit_gain(rate: Callable[[float], float], max_iter: int = 40) -> float:
 # --------------------------------------------------------------------------- semantics
 
 _SEMANTICS = {
-    "norse": "TODO",
-    "snntorch": "TODO",
-    "spikingjelly": "TODO",
-    "rockpool": "TODO",
+    "norse": (
+        "Norse 1.1, norse.torch.from_nir(graph, dt): nirtorch GraphExecutor, one step per call with the state "
+        "passed back; dt is honoured for LIF/CubaLIF, everything forward Euler, threshold strict (v - v_th > 0). "
+        "LIF -> LIFBoxCell: v += dt/tau (v_leak - v + I), i.e. our euler update with R = 1: r is ignored (a "
+        "warning only), so a graph with r != 1 is mis-scaled by 1/r; v_leak honoured but the state starts at "
+        "v_leak; v_reset ignored (reset to 0). CubaLIF -> LIBoxCell synapse + LIFBoxCell: i += dt/tau_syn "
+        "(v_leak - i + w_in I), then v += dt/tau_mem (v_leak - v + r i) with the current of the same step: w_in "
+        "and r honoured, agrees with ours when v_leak = 0 (the synapse also leaks towards, and starts at, v_leak); "
+        "v_reset ignored (0). IF -> IAFCell: v += I, dt and r ignored (agrees with ours only for R = 1/dt), "
+        "v_reset ignored (0). Flatten dims are not shifted past the batch dim. Exporter (to_nir): tau = dt / "
+        "tau_inv (should be 1 / tau_inv: time constants wrong by a factor dt); LIFCell (current jumps by the "
+        "input) written as CubaLIF with w_in = 1 (should be tau_syn/dt); IAFCell as IF with r = 1 (should be "
+        "1/dt); a batched sample puts the batch into the Input/Output types; 0-d parameters give 0-d nodes that "
+        "nir.write cannot store (export with per-neuron parameters and an unbatched sample; repair=True fixes "
+        "tau, w_in, r)."
+    ),
+    "snntorch": (
+        "snnTorch 1.0, snntorch.import_nir.import_from_nir(graph): nirtorch nir_to_torch GraphModule, one step "
+        "per call, neuron state inside the modules (init_hidden=True; reset with reset_mem). dt is hard-coded to "
+        "1e-4 s (the adapter rescales the time constants by 1e-4/dt unless compensate_dt=False), forward Euler, "
+        "threshold strict (mem - thr > 0), zero reset in the firing step (reset_delay=False): v_reset ignored. "
+        "LIF -> Leaky(beta = 1 - dt/tau) with the input gain folded into the threshold, thr = v_th / "
+        "(r dt / tau): our euler update with R honoured (one value per layer: the first unique value is used); "
+        "v_leak must be 0 and v_threshold uniform (asserts). CubaLIF -> Synaptic(alpha = 1 - dt/tau_syn, beta = "
+        "1 - dt/tau_mem): syn = alpha syn + I, mem = beta mem + syn (current of the same step), thr = v_th / "
+        "(w_in dt / tau_syn): agrees with ours, but requires r == tau_mem/dt and v_leak == 0 (asserts). IF -> "
+        "Leaky(beta=0.9, subtract reset, init_hidden=False) and requires r == 1: leaky, and its (spk, mem) tuple "
+        "breaks the graph, so IF cannot run. Flatten dims are not shifted past the batch dim. Exporter "
+        "(export_to_nir): Leaky -> LIF(tau = 1e-4/(1-beta), r = tau/1e-4), Synaptic -> CubaLIF(w_in = "
+        "tau_syn/1e-4, r = tau_mem/1e-4): consistent with the importer on a 1e-4 s step (the adapter rescales to "
+        "dt); reset mechanism not recorded; no IF (Leaky(beta=1) gives tau = r = inf). Its 'type inference "
+        "error' comes from the batch dim of the sample (pass ignore_dims=[0]) and from scalar beta/threshold "
+        "(0-d nodes): with per-neuron beta/threshold tensors and ignore_dims=[0] export and nir.write work."
+    ),
+    "spikingjelly": (
+        "SpikingJelly 2.0, nir_exchange.import_from_nir(graph, dt, step_mode): nirtorch GraphModule with "
+        "explicit state (state=None restarts; multi-step mode here, one call per sequence). dt honoured (default "
+        "1e-4), forward Euler, threshold NON-strict (v >= v_th), hard reset to v_reset (honoured), state starts "
+        "at v_reset; every parameter must be uniform across neurons, others are refused (ValueError). LIF -> "
+        "LIFNode(tau/dt): r == 1 (decay_input: v += dt/tau (v_reset - v + I)) or r == tau/dt (v += dt/tau "
+        "(v_reset - v) + I), other r refused; v_leak must equal v_reset (the leak target is v_reset). CubaLIF "
+        "-> CUBALIFNode: c = (1 - dt/tau_syn) c + I, v = (1 - dt/tau_mem) v + c (current of the same step); "
+        "requires w_in == tau_syn/dt, r == tau_mem/dt, v_leak == 0, i.e. our euler update with unit gains. IF "
+        "-> IFNode: v += I, requires r == 1/dt. Flatten dims shifted for the batch. Agrees with ours except for "
+        "the non-strict threshold. Exporter (export_to_nir): the exact inverse (LIF r = tau/dt or 1, v_leak = "
+        "v_reset; CubaLIF w_in = tau_syn/dt, r = tau_mem/dt; IF r = 1/dt), types without batch/time, numpy "
+        "arrays; soft reset (v_reset=None) refused. No defect found: graphs round-trip through nir.write."
+    ),
+    "rockpool": (
+        "Rockpool 3.1, rockpool.nn.modules.torch.nir.from_nir(graph): nirtorch GraphExecutor whose modules take "
+        "whole sequences [B, T, N] and keep the state of batch element 0 (reset before each run). Only CubaLIF "
+        "imports: LIF fails (the importer reads node.tau_mem) and IF has no mapping. No dt argument: dt = "
+        "min(tau_mem / (1 + r)), r is used for nothing else (the adapter sets dt unless compensate_dt=False). "
+        "CubaLIF -> LIFTorch, exact exponential decay: isyn = a_s (isyn + I), v = a_m v + isyn + v_leak "
+        "(a = exp(-dt/tau); current of the same step; v_leak acts as a per-step bias current; w_in ignored), "
+        "i.e. our exact update with w_in = a_s/(1 - a_s), R = 1/(1 - a_m); NON-strict threshold with multiple "
+        "spikes per step (n = floor(v/v_th) if v >= v_th: outputs are counts) and subtractive reset v -= n "
+        "v_th; v_reset ignored. Exporter (to_nir): LIFNeuronTorch -> LIF, LIFTorch -> CubaLIF with r = tau "
+        "exp(-dt/tau)/dt (neither euler's tau/dt nor exact's 1/(1 - a)), w_in not written (1; should be "
+        "a_s/(1 - a_s)), v_leak written 0 (the bias is dropped), subtractive multi-spike reset not recorded, "
+        "Affine weights left as torch tensors, and Input/Output types carry the sample's batch/time dims (no "
+        "option avoids it), so nir.write fails type checking (repair=True fixes types, r and w_in for exact "
+        "integration). No IF neuron."
+    ),
 }

@@ -329,7 +329,7 @@ def _read_all(f: h5py.File) -> tuple[list[tuple[str, dict]], dict[str, Any]]:
         raise _Bad(f"not a {FORMAT} file (attribute 'format' is {f.attrs.get('format')!r})")
     version = f.attrs.get("schema_version")
     if version is None or int(version) != SCHEMA_VERSION:
-        raise _Bad(f"schema version {version!r} is not supported (this version reads {SCHEMA_VERSION})")
+        raise _Bad(f"schema version {version} is not supported (this version reads {SCHEMA_VERSION})")
     if "model" not in f or "layers" not in f["model"]:
         raise _Bad("model/layers is missing")
     m = f["model"]

@@ -50,8 +50,8 @@ def export_command(a) -> int:
     from .source import load_run_model, run_stream
 
     out = Path(a.output)
-    if a.format == "h5" and (a.dt is not None or a.integration is not None):
-        raise UserError("--dt and --integration apply to --format nir (the archive keeps the model's own)")
+    if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r):
+        raise UserError("--dt, --integration and --fold-r apply to --format nir (the archive keeps the model's own)")
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
     rm = load_run_model(a.source, a.method, a.task)
@@ -69,7 +69,7 @@ def export_command(a) -> int:
     if a.format == "nir":
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            graph = to_nir(model, a.dt, a.integration, head=a.head)
+            graph = to_nir(model, a.dt, a.integration, head=a.head, fold_r=a.fold_r)
         for w in caught:
             _note(str(w.message))
         for k, v in info.items():
@@ -85,16 +85,16 @@ def export_command(a) -> int:
 
 
 def simulate_command(a) -> int:
-    from ..simulate import load_input, load_model, simulate
+    from ..simulate import _check_input, load_input, load_model, simulate
 
     record = tuple(r.strip() for r in a.record.split(",") if r.strip())
-    model = load_model(a.model, a.dt, a.integration)
-    x = load_input(a.input)
     out = Path(a.output)
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
-    T, B = x.shape[0], x.shape[1]
+    model = load_model(a.model, a.dt, a.integration)
+    x = load_input(a.input)
     try:
+        T, B = _check_input(x, model, str(a.input))  # before indexing x.shape (0-d / 1-d inputs)
         rates = simulate(model, x, out, batch=a.batch, record=record, dt=a.dt, quiet=a.quiet,
                          attrs={"model": str(a.model), "input": str(a.input)}, where=str(a.input))
     finally:

@@ -75,13 +75,18 @@ def _model_timing(model: SNN) -> Timing:
 
 
 def to_nir(model: SNN, dt: float | None = None, integration: str | None = None, *,
-           input_shape: Sequence[int] | None = None, head: int | None = None) -> nir.NIRGraph:
+           input_shape: Sequence[int] | None = None, head: int | None = None,
+           fold_r: bool = False) -> nir.NIRGraph:
     """The NIR graph of ``model`` for a simulator stepping ``dt`` with ``integration``.
 
     ``dt`` and ``integration`` default to the model's own (then every parameter is written
     unchanged). ``input_shape`` (one sample, e.g. ``(784,)`` or ``(1, 28, 28)``) defaults to
     ``model.in_shape``. A multi-head network needs ``head`` (the exported readout is that
     head's block). Layers NIR cannot express (ALIF, max pooling) raise :class:`UserError`.
+
+    ``fold_r``: write ``r = 1`` on LIF and LI nodes and multiply the weights and bias of the
+    synapse feeding each by its ``R`` (:math:`R(Wx + b) = (RW)x + Rb`: the same ODE, to float
+    rounding). For importers that ignore a LIF's ``r`` (Norse 1.1).
     """
     own = _model_timing(model)
     target = Timing(float(dt) if dt is not None else own.dt, integration or own.integration)
@@ -116,17 +121,43 @@ def to_nir(model: SNN, dt: float | None = None, integration: str | None = None, 
         prev = name
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     edges.append((prev, "output"))
+    if fold_r:
+        _fold_resistance(nodes, edges)
     if "subtract" in resets:
         warnings.warn("NIR neurons reset to v_reset; this network resets by subtraction (recorded in the "
                       "metadata and honoured by neuroplastic, other tools will reset to v_reset)", stacklevel=2)
     meta = {"generator": "neuroplastic", f"{META}version": _version(), "dt": target.dt,
             "integration": target.integration, "reset": ",".join(sorted(resets)) or "none",
-            f"{META}sparse_layers": ",".join(sparse),
+            f"{META}sparse_layers": ",".join(sparse), f"{META}folded_r": bool(fold_r),
             f"{META}weights": "sparse layers written as masked dense weights (NIR has no sparse type)"}
     try:
         return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
     except Exception as exc:  # noqa: BLE001 - nir's own type check
         raise UserError(f"NIR rejected the graph: {str(exc).splitlines()[0]}") from None
+
+
+def _fold_resistance(nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]]) -> None:
+    """``r -> 1`` on LIF/LI nodes, ``R`` moved into the weights of the node feeding each."""
+    before = {b: a for a, b in edges}
+    for name, node in nodes.items():
+        if not isinstance(node, nir.LIF | nir.LI):
+            continue
+        src = nodes[before[name]]
+        r = np.asarray(node.r, np.float64)
+        if isinstance(src, nir.Affine | nir.Linear):
+            rows = r.reshape(-1)
+            src.weight = (src.weight.astype(np.float64) * rows[:, None]).astype(np.float32)
+            if isinstance(src, nir.Affine):
+                src.bias = (np.asarray(src.bias, np.float64) * rows).astype(np.float32)
+        elif isinstance(src, nir.Conv2d) and np.all(r == r.reshape(r.shape[0], -1)[:, :1].reshape(-1, 1, 1)):
+            per_channel = r.reshape(r.shape[0], -1)[:, 0]
+            src.weight = (src.weight.astype(np.float64) * per_channel[:, None, None, None]).astype(np.float32)
+            src.bias = (np.asarray(src.bias, np.float64) * per_channel).astype(np.float32)
+        else:
+            raise UserError(f"fold_r: layer {name!r} is not fed directly by a Linear/Conv2d layer "
+                            "(or its r varies within a conv channel)")
+        node.r = np.ones_like(r)
+        node.metadata = {**(node.metadata or {}), f"{META}folded_r": True}
 
 
 def _sparse_meta(layer: nn.Module) -> dict:
