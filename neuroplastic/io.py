@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from .errors import UserError
 __all__ = ["atomic_path", "write_json", "write_text", "save_checkpoint", "load_checkpoint"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success."""
@@ -32,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -66,4 +74,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         if path.stat().st_size == 0:
             why = "the file is empty"
+        elif not zipfile.is_zipfile(path):
+            why = "not a torch.save file (corrupt or foreign bytes)"
+        elif why.startswith("Weights only load failed"):  # torch's advice to drop weights_only is unsafe
+            why = "it holds objects other than tensors and plain values (not loaded: that could run code)"
         raise UserError(f"cannot read checkpoint {path}: {why}") from None

@@ -56,8 +56,8 @@ def load_model(path: str | Path, dt: float | None = None, integration: str | Non
     try:
         with h5py.File(path, "r") as f:
             kind = "archive" if f.attrs.get("format") in (FORMAT, FORMAT.encode()) else "nir" if "node" in f else None
-    except OSError:
-        raise UserError(f"{path}: not an HDF5 file (a .nir graph or a neuroplastic archive)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: {_not_hdf5(exc)} (a .nir graph or a neuroplastic archive)") from None
     if kind is None:
         raise UserError(f"{path}: neither a NIR graph nor a neuroplastic archive")
     if kind == "nir":
@@ -71,20 +71,32 @@ def load_model(path: str | Path, dt: float | None = None, integration: str | Non
     return model
 
 
+def _not_hdf5(exc: OSError) -> str:
+    return "truncated HDF5 file (cut short)" if "truncated" in str(exc) else "not an HDF5 file"
+
+
 def load_input(path: str | Path):
     """The input array ``[T, B, ...]`` of a ``.npy`` (memory-mapped) or ``.h5`` file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     if path.suffix == ".npy":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":  # else numpy reads it as a pickle and suggests allow_pickle
+                raise UserError(f"{path}: not a .npy file (no NPY header)")
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "mmap length is greater than file size" in why:
+                why = "truncated: shorter than its header says"
+            elif "Python objects" in why or "allow_pickle" in why:
+                why = "it holds Python objects, not numbers"
+            raise UserError(f"{path}: not a readable .npy array ({why})") from None
     try:
         f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{path}: not a .npy or HDF5 file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: {_not_hdf5(exc)} (inputs are .npy or HDF5)") from None
     names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
     name = "input" if "input" in names else names[0] if len(names) == 1 else None
     if name is None:
@@ -126,7 +138,8 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
     try:
         with torch.no_grad():
             for start in range(0, B, batch):
-                xb = torch.from_numpy(np.ascontiguousarray(x[:, start:start + batch])).to(torch.float32)
+                # a copy: a slice of a read-only memmap would make torch warn on stderr
+                xb = torch.from_numpy(np.array(x[:, start:start + batch], dtype=np.float32))
                 if not torch.isfinite(xb).all():
                     last = start + xb.shape[1] - 1
                     raise UserError(f"{where}: input has NaN or infinite values (samples {start}..{last})")

@@ -50,8 +50,9 @@ def export_command(a) -> int:
     from .source import load_run_model, run_stream
 
     out = Path(a.output)
-    if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r):
-        raise UserError("--dt, --integration and --fold-r apply to --format nir (the archive keeps the model's own)")
+    if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r or a.head is not None):
+        raise UserError("--dt, --integration, --fold-r and --head apply to --format nir "
+                        "(the archive keeps the model's own timing and every head)")
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
     rm = load_run_model(a.source, a.method, a.task)
