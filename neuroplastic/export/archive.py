@@ -68,6 +68,12 @@ def _csr(w: np.ndarray, mask: np.ndarray | None):
     return indptr, c.astype(np.int32), rows[r, c].astype(np.float32), rows.shape
 
 
+def _dataset(g: h5py.Group, name: str, data: np.ndarray) -> None:
+    """A dataset, gzip-compressed when large (any HDF5 reader decompresses it)."""
+    big = np.asarray(data).size >= 4096
+    g.create_dataset(name, data=data, compression="gzip" if big else None, shuffle=big)
+
+
 def _write_synapse(g: h5py.Group, layer: nn.Module, bits: int | None) -> None:
     w = layer.effective_weight().detach().cpu().to(torch.float32).numpy()
     mask = layer.mask.detach().cpu().numpy() if layer.mask is not None else None
@@ -75,17 +81,17 @@ def _write_synapse(g: h5py.Group, layer: nn.Module, bits: int | None) -> None:
     g.attrs["masked"] = mask is not None
     g.attrs["weight_shape"] = np.array(w.shape, np.int64)
     g.attrs["shape"] = np.array(shape2, np.int64)
-    g.create_dataset("indptr", data=indptr)
-    g.create_dataset("indices", data=indices)
+    _dataset(g, "indptr", data=indptr)
+    _dataset(g, "indices", data=indices)
     if bits:
         q, scales = quantize_rows(w, bits)
         rows = q.reshape(q.shape[0], -1)
         r = np.repeat(np.arange(rows.shape[0]), np.diff(indptr))
-        g.create_dataset("data_q", data=rows[r, indices])
+        _dataset(g, "data_q", data=rows[r, indices])
         g.create_dataset("scale", data=scales)
         g.attrs["bits"] = bits
     else:
-        g.create_dataset("data", data=data)
+        _dataset(g, "data", data=data)
     if layer.bias is not None:
         g.create_dataset("bias", data=layer.bias.detach().cpu().to(torch.float32).numpy())
     if isinstance(layer, Conv2d):
@@ -166,7 +172,7 @@ def save_archive(path: str | Path, model: SNN, *, config: str | None = None,
             for table, per_layer in tables.items():
                 for layer_name, arr in per_layer.items():
                     a = arr.detach().cpu().numpy() if hasattr(arr, "detach") else np.asarray(arr)
-                    f.create_dataset(f"plugins/{plugin}/{table}/{layer_name}", data=a.astype(np.float32))
+                    _dataset(f, f"plugins/{plugin}/{table}/{layer_name}", data=a.astype(np.float32))
 
 
 # -- reading -------------------------------------------------------------------------------
