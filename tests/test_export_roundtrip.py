@@ -275,3 +275,12 @@ def test_fold_r_moves_the_resistance_into_the_weights():
     g = to_nir(cnn_net, fold_r=True)
     np.testing.assert_allclose(g.nodes["conv1"].weight, cnn_net.layers["conv1"].weight.detach().numpy()
                                * cnn_net.layers["lif1"].r, rtol=1e-6)
+
+
+def test_unstable_euler_time_constants_are_warned_about():
+    lif = nir.LIF(tau=np.full(3, 1e-4), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3))
+    g = nir.NIRGraph.from_list(nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)), lif)
+    with pytest.warns(UserWarning, match="unstable"):
+        from_nir(g, dt=1e-3, integration="euler")
+    with _no_warning():
+        from_nir(g, dt=1e-3, integration="exact")

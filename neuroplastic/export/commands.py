@@ -92,7 +92,11 @@ def simulate_command(a) -> int:
     out = Path(a.output)
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
-    model = load_model(a.model, a.dt, a.integration)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(a.model, a.dt, a.integration)
+    for w in caught:
+        _note(str(w.message))
     x = load_input(a.input)
     try:
         T, B = _check_input(x, model, str(a.input))  # before indexing x.shape (0-d / 1-d inputs)

@@ -34,6 +34,7 @@ tools ignore. ALIF has no NIR primitive.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import nir
@@ -152,7 +153,10 @@ def neuron_from_nir(name: str, node: nir.NIRNode, target: Timing) -> tuple[Neuro
             raise UserError(f"NIR node {name!r} ({type(node).__name__}): {nir_field} is not finite")
         if conv == "per_dt":
             value = value * target.dt
-        kw["tau_mem" if attr == "tau_mem" else attr] = value
+        if conv == "tau" and target.integration == "euler" and np.any(target.dt / value >= 2):
+            warnings.warn(f"NIR node {name!r}: {nir_field} as small as {value.min():g} s makes the forward-Euler "
+                          f"step of dt = {target.dt:g} s unstable (dt/tau >= 2): membranes will diverge", stacklevel=3)
+        kw[attr] = value
     meta = node.metadata or {}
     kw = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kw.items()}
     kw["dt"], kw["integration"] = target.dt, target.integration
