@@ -119,39 +119,70 @@ def _check_input(x, model: SNN, where: str) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+#: the largest activation (``[T, b, widest layer]`` float32) one chunk of a batch may allocate.
+#: Below glibc's largest mmap threshold (32 MB), freed buffers are reused instead of being
+#: returned to the kernel and faulted in again on the next chunk (measured: ~2/3 of a
+#: 256-sample pass of the 784-800-800-10 benchmark went to page faults with 82 MB buffers).
+CHUNK_BYTES = 16 * 2**20
+
+
+def _widest(model: SNN, sample_shape: tuple[int, ...]) -> int:
+    """The largest number of values one sample produces at one step in any layer."""
+    widest = [int(np.prod(sample_shape))]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: widest.append(int(out[0, 0].numel())))
+             for m in model.layers.values()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, *sample_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(widest)
+
+
 def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
                 quiet: bool = False, where: str = "input") -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-    """Yield ``(first sample, {layer: {observable: [b, T, n]}})`` per batch of ``x [T, B, ...]``."""
+    """Yield ``(first sample, {layer: {observable: [b, T, n]}})`` per batch of ``x [T, B, ...]``.
+
+    Each batch runs in chunks of samples whose largest activation stays under
+    :data:`CHUNK_BYTES` (same results: samples are independent)."""
     record = tuple(record)
     bad = set(record) - set(RECORDABLE)
     if bad or not record:
         raise UserError(f"--record takes {', '.join(RECORDABLE)} (comma separated), got {','.join(record)!r}")
     if batch < 1:
         raise UserError(f"batch must be >= 1, got {batch}")
-    _, B = _check_input(x, model, where)
+    T, B = _check_input(x, model, where)
     model.eval()
+    chunk = max(1, CHUNK_BYTES // (4 * T * _widest(model, tuple(x.shape[2:]))))
     model._record = True
     for m in model.modules():
         if isinstance(m, Neuron):
             m.record = "v" in record
+    names = list(model.layers)
+    key = "spikes" if getattr(model.layers[names[-1]], "spiking", True) else "v"
+    floats = np.dtype(x.dtype).kind == "f"
     bar = tqdm(total=B, desc="simulate", unit="sample", disable=True if quiet else None, leave=False)
     try:
         with torch.no_grad():
             for start in range(0, B, batch):
-                # a copy: a slice of a read-only memmap would make torch warn on stderr
-                xb = torch.from_numpy(np.array(x[:, start:start + batch], dtype=np.float32))
-                if not torch.isfinite(xb).all():
-                    last = start + xb.shape[1] - 1
-                    raise UserError(f"{where}: input has NaN or infinite values (samples {start}..{last})")
-                out = model(xb)
-                rows: dict[str, dict[str, np.ndarray]] = {}
-                for name, rec in model.recordings.items():
-                    rows[name] = {k: _samples_first(v, k) for k, v in rec.items() if k in record}
-                last = model.layers[list(model.layers)[-1]]
-                key = "spikes" if getattr(last, "spiking", True) else "v"
-                rows["output"] = {key: _samples_first(out, key)}
-                yield start, rows
-                bar.update(xb.shape[1])
+                stop = min(start + batch, B)
+                parts: dict[str, dict[str, list[np.ndarray]]] = {}
+                for c in range(start, stop, chunk):
+                    # a float32 copy per chunk (small buffers are reused; a slice of a read-only
+                    # memmap would also make torch warn on stderr)
+                    xc = np.array(x[:, c:min(c + chunk, stop)], dtype=np.float32)
+                    if floats and not np.isfinite(xc).all():
+                        last = c + xc.shape[1] - 1
+                        raise UserError(f"{where}: input has NaN or infinite values (samples {c}..{last})")
+                    out = model(torch.from_numpy(xc))
+                    for name, rec in model.recordings.items():
+                        for k, v in rec.items():
+                            if k in record:
+                                parts.setdefault(name, {}).setdefault(k, []).append(_samples_first(v, k))
+                    parts.setdefault("output", {}).setdefault(key, []).append(_samples_first(out, key))
+                yield start, {n: {k: np.concatenate(v) for k, v in obs.items()} for n, obs in parts.items()}
+                bar.update(stop - start)
     finally:
         bar.close()
         model._record = False
@@ -193,7 +224,8 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
                         og.attrs["__type__"], og.attrs["dt"] = "TimeGriddedData", float(dt)
                         og.create_dataset("data", shape=(B, T, a.shape[2]), dtype=a.dtype,
                                           chunks=(min(B, max(1, 2**20 // max(1, T * a.shape[2]))), T, a.shape[2]),
-                                          compression="gzip" if key == "spikes" else None)
+                                          compression="gzip" if key == "spikes" else None,
+                                          compression_opts=1 if key == "spikes" else None)
                     og["data"][start:start + a.shape[0]] = a
                     if key == "spikes":
                         acc = totals.setdefault(layer, [0.0, 0.0])

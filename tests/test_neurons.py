@@ -155,3 +155,24 @@ def test_alif_threshold_adapts():
 def test_bad_parameters_raise_user_errors(kw):
     with pytest.raises(UserError):
         LIF(**kw)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("kind", ["lif", "if", "cubalif"])
+def test_inference_kernel_gives_the_training_spikes(kind, reset):
+    """Under no_grad (and no recording) LIF-family layers take the kernel that skips the
+    membrane trace: the same spikes and final state as the fused training path."""
+    from neuroplastic.neurons import NEURONS
+
+    torch.manual_seed(0)
+    kw = {} if kind == "if" else {"tau_mem": 1e-2}
+    n = NEURONS[kind](reset=reset, v_leak=0.2, v_reset=-0.1, r=30.0, **kw)
+    x = torch.rand(30, 4, 16)
+    z_train = n(x.clone().requires_grad_())
+    v_train = n.state.v.detach()
+    n.reset()
+    with torch.no_grad():
+        z_inf = n(x)
+    assert z_train.sum() > 0
+    assert torch.equal(z_train.detach(), z_inf)
+    torch.testing.assert_close(n.state.v, v_train, rtol=0, atol=1e-6)

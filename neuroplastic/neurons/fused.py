@@ -26,7 +26,7 @@ import torch
 
 from ..surrogate import Surrogate
 
-__all__ = ["lif_multistep_fused"]
+__all__ = ["lif_multistep_fused", "lif_multistep_spikes"]
 
 
 try:  # the numba kernels are optional at import time (pure-torch fallback below)
@@ -141,3 +141,24 @@ def lif_multistep_fused(
     Returns ``(z [T,...], v_pre [T,...], v_final)``; only ``z`` carries gradient.
     """
     return _FusedLIF.apply(x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset)
+
+
+def lif_multistep_spikes(x: torch.Tensor, v0: torch.Tensor, a, gain, v_leak, v_th, v_reset,
+                         reset: str = "subtract") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Inference only (no gradient, no membrane trace): ``(z [T,...], v_final)`` from the numba
+    kernel that skips the pre-reset membrane, or ``None`` when that kernel does not apply
+    (per-neuron parameters, non-CPU or non-float tensors). Same spikes as
+    :func:`lif_multistep_fused`."""
+    offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
+    if x.dim() < 2 or not _numba_ok(x, v0, scalars=(a, gain, v_th, v_reset, offset)):
+        return None
+    _match_threads()
+    xc = x.detach().contiguous()
+    x2 = xc.reshape(xc.shape[0], -1)
+    v0c = v0.detach().expand_as(xc[0]).contiguous().reshape(-1).to(xc.dtype)
+    z_all = torch.empty_like(x2)
+    v = torch.empty_like(v0c)
+    np_t = x2.numpy().dtype.type
+    _lif_cpu.lif_forward_spikes(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
+                                np_t(v_reset), reset == "subtract", z_all.numpy(), v.numpy())
+    return z_all.reshape(xc.shape), v.reshape(xc.shape[1:])

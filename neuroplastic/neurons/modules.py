@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import UserError
 from ..surrogate import Surrogate, get_surrogate
 from . import functional as F
-from .fused import lif_multistep_fused
+from .fused import lif_multistep_fused, lif_multistep_spikes
 
 __all__ = ["Neuron", "LIF", "IF", "CubaLIF", "ALIF", "LI", "CubaLI", "as_constant"]
 
@@ -144,6 +144,12 @@ class LIF(Neuron):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, gain = self.coefficients()
         v0 = self._initial(x[0])
+        if not self.record and not torch.is_grad_enabled():
+            fast = lif_multistep_spikes(x, v0, a, gain, self.v_leak, self.v_th, self.v_reset, self.reset_mode)
+            if fast is not None:
+                z, v = fast
+                self.state = F.LIFState(v)
+                return z
         if self._learnable():
             z, v_pre, v = F.lif_multistep_autograd(x, v0, a, gain, self.v_leak, self.v_th, self.v_reset,
                                                     self.surrogate, self.reset_mode, self.detach_reset)
