@@ -167,7 +167,7 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
         with torch.no_grad():
             for start in range(0, B, batch):
                 stop = min(start + batch, B)
-                parts: dict[str, dict[str, list[np.ndarray]]] = {}
+                rows: dict[str, dict[str, np.ndarray]] = {}
                 for c in range(start, stop, chunk):
                     # a float32 copy per chunk (small buffers are reused; a slice of a read-only
                     # memmap would also make torch warn on stderr)
@@ -176,12 +176,13 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
                         last = c + xc.shape[1] - 1
                         raise UserError(f"{where}: input has NaN or infinite values (samples {c}..{last})")
                     out = model(torch.from_numpy(xc))
+                    lo, hi = c - start, c - start + xc.shape[1]
                     for name, rec in model.recordings.items():
                         for k, v in rec.items():
                             if k in record:
-                                parts.setdefault(name, {}).setdefault(k, []).append(_samples_first(v, k))
-                    parts.setdefault("output", {}).setdefault(key, []).append(_samples_first(out, key))
-                yield start, {n: {k: np.concatenate(v) for k, v in obs.items()} for n, obs in parts.items()}
+                                _put(rows, name, k, v, lo, hi, stop - start)
+                    _put(rows, "output", key, out, lo, hi, stop - start)
+                yield start, rows
                 bar.update(stop - start)
     finally:
         bar.close()
@@ -191,9 +192,15 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
                 m.record = False
 
 
-def _samples_first(t: torch.Tensor, key: str) -> np.ndarray:
-    a = t.detach().reshape(t.shape[0], t.shape[1], -1).transpose(0, 1).cpu().numpy()
-    return a.astype(bool) if key == "spikes" else a.astype(np.float32)
+def _put(rows: dict, name: str, key: str, t: torch.Tensor, lo: int, hi: int, n: int) -> None:
+    """Copy one chunk's ``[T, b, ...]`` observable into ``rows[name][key][lo:hi]`` (``[n, T, m]``,
+    samples first; spikes as bool: one byte each)."""
+    a = t.detach().reshape(t.shape[0], t.shape[1], -1)
+    a = a.to(torch.bool) if key == "spikes" else a.to(torch.float32)
+    dst = rows.setdefault(name, {}).get(key)
+    if dst is None:
+        dst = rows[name][key] = np.empty((n, a.shape[0], a.shape[2]), dtype=bool if key == "spikes" else np.float32)
+    dst[lo:hi] = a.transpose(0, 1).numpy()
 
 
 def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterable[str] = ("spikes",),
