@@ -152,10 +152,12 @@ def _routes_and_layer_ms(model: SNN, x: torch.Tensor, repeats: int) -> tuple[dic
     routes: dict[str, str] = {}
     times: dict[str, list[float]] = {name: [] for name in model.layers}
     current: dict[str, float] = {}
+    seen: dict[str, int] = {}
     handles = []
     for name, layer in model.layers.items():
         def pre(mod, inp, name=name):
-            if hasattr(mod, "route") and name not in routes:
+            if hasattr(mod, "route") and inp[0].numel() > seen.get(name, 0):  # the largest chunk's route
+                seen[name] = inp[0].numel()
                 routes[name] = mod.route(inp[0])
             current[name] = current.get(name, 0.0) - time.perf_counter()
 
