@@ -23,36 +23,28 @@ SURROGATE_IDS = {"atan": 0, "sigmoid": 1, "fast_sigmoid": 2, "triangle": 3, "rec
 _BLOCK = 2048  # neurons per task: the block's state stays in L1/L2, the inner loop is SIMD
 
 
+@nb.njit(cache=True, inline="always")
+def _lif_update(v, d, j, a, gain, offset, v_th, v_reset, subtract, z_row):
+    """One neuron, one step: membrane ``v[j]`` driven by ``d[j]``, spike into ``z_row[j]``,
+    reset; returns the pre-reset membrane."""
+    vp = a * v[j] + (gain * d[j] + offset)
+    spk = vp > v_th
+    z_row[j] = 1 if spk else 0
+    if subtract:
+        v[j] = vp - v_th if spk else vp
+    else:
+        v[j] = v_reset if spk else vp
+    return vp
+
+
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def lif_forward(x, v0, a, gain, offset, v_th, v_reset, subtract, z_out, vpre_out, v_out):
-    """``v_pre_t = a v_{t-1} + gain x_t + offset``; ``z_t = v_pre_t > v_th``; reset. In place."""
-    T, M = x.shape
-    nblocks = (M + _BLOCK - 1) // _BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * _BLOCK
-        j1 = min(j0 + _BLOCK, M)
-        v = v0[j0:j1].copy()
-        for t in range(T):
-            d = x[t, j0:j1]
-            vp_row = vpre_out[t, j0:j1]
-            z_row = z_out[t, j0:j1]
-            for j in range(j1 - j0):
-                vp = a * v[j] + (gain * d[j] + offset)
-                vp_row[j] = vp
-                spk = vp > v_th
-                z_row[j] = 1 if spk else 0
-                if subtract:
-                    v[j] = vp - v_th if spk else vp
-                else:
-                    v[j] = v_reset if spk else vp
-        v_out[j0:j1] = v
+    """``v_pre_t = a v_{t-1} + gain x_t + offset``; ``z_t = v_pre_t > v_th``; reset. In place.
 
-
-@nb.njit(cache=True, parallel=True, fastmath=True)
-def lif_forward_spikes(x, v0, a, gain, offset, v_th, v_reset, subtract, z_out, v_out):
-    """:func:`lif_forward` without writing the pre-reset membrane (inference: no backward
-    needs it and nobody records it), one array-sized write less per call."""
+    ``vpre_out`` of shape ``[0, M]`` skips the pre-reset membrane (inference: no backward
+    needs it, nobody records it): one array-sized write less per call."""
     T, M = x.shape
+    keep = vpre_out.shape[0] == T
     nblocks = (M + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
         j0 = blk * _BLOCK
@@ -61,14 +53,13 @@ def lif_forward_spikes(x, v0, a, gain, offset, v_th, v_reset, subtract, z_out, v
         for t in range(T):
             d = x[t, j0:j1]
             z_row = z_out[t, j0:j1]
-            for j in range(j1 - j0):
-                vp = a * v[j] + (gain * d[j] + offset)
-                spk = vp > v_th
-                z_row[j] = 1 if spk else 0
-                if subtract:
-                    v[j] = vp - v_th if spk else vp
-                else:
-                    v[j] = v_reset if spk else vp
+            if keep:
+                vp_row = vpre_out[t, j0:j1]
+                for j in range(j1 - j0):
+                    vp_row[j] = _lif_update(v, d, j, a, gain, offset, v_th, v_reset, subtract, z_row)
+            else:  # the same loop without the store (unswitched by hand: both stay SIMD)
+                for j in range(j1 - j0):
+                    _lif_update(v, d, j, a, gain, offset, v_th, v_reset, subtract, z_row)
         v_out[j0:j1] = v
 
 

@@ -133,7 +133,7 @@ def _calibrate(model: SNN, x: torch.Tensor, seed: int) -> None:
                 finally:
                     model.record(False)
 
-        rate(P._fit_gain(rate))
+        rate(P.fit_gain(rate))
 
 
 def _name_of(model: SNN, module: torch.nn.Module) -> str:

@@ -242,6 +242,15 @@ def _set_neuron_field(graph: nir.NIRGraph, kind: type, field: str, fn: Callable[
 # --------------------------------------------------------------------------- norse
 
 
+def _step_loop(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Feed ``x [T, ...]`` one step per call, ``out, state = model(x_t, state)`` from a fresh state."""
+    state, outs = None, []
+    for x_t in x:
+        out, state = model(x_t, state)
+        outs.append(out)
+    return torch.stack(outs)
+
+
 class _Norse:
     """Norse 1.1: ``norse.torch.from_nir`` (nirtorch GraphExecutor, one step per call)."""
 
@@ -254,11 +263,7 @@ class _Norse:
 
     @staticmethod
     def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        state, outs = None, []
-        for x_t in x:
-            out, state = model(x_t, state)
-            outs.append(out)
-        return torch.stack(outs)
+        return _step_loop(model, x)
 
     @staticmethod
     def cell(neuron: str, n: int, dt: float, p: NativeParams) -> torch.nn.Module:
@@ -339,11 +344,7 @@ class _SnnTorch:
     @staticmethod
     def run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         _SnnTorch.reset(model)
-        state, outs = None, []
-        for x_t in x:
-            out, state = model(x_t, state)
-            outs.append(out)
-        return torch.stack(outs)
+        return _step_loop(model, x)
 
     @staticmethod
     def cell(neuron: str, n: int, dt: float, p: NativeParams) -> torch.nn.Module:
@@ -664,26 +665,28 @@ def _calibrated_layers(adapter, sizes: list[int], neuron: str, dt: float, seed: 
                 net = adapter.build([(gain * w0, gain * b0)], neuron, dt, params)
                 return adapter.run_native(net, x)
 
-        gain = _fit_gain(lambda g: float((spikes(g) > 0).float().mean()))
+        gain = fit_gain(lambda g: float((spikes(g) > 0).float().mean()))
         layers.append((gain * w0, gain * b0))
         x = spikes(gain)
     return layers
 
 
-def _fit_gain(rate: Callable[[float], float], max_iter: int = 40) -> float:
-    """A gain whose ``rate`` lies in :data:`CAL_BAND` (geometric bracketing + bisection)."""
+def fit_gain(rate: Callable[[float], float], target: float = CAL_RATE, band: tuple[float, float] = CAL_BAND,
+             step: float = 4.0, max_iter: int = 40) -> float:
+    """A gain whose firing ``rate(gain)`` lies in ``band`` (geometric bracketing by ``step``,
+    then bisection in log); the closest to ``target`` seen if none does."""
     lo, hi, gain = None, None, 1.0
     best = (math.inf, gain)
     for _ in range(max_iter):
         r = rate(gain)
-        best = min(best, (abs(r - CAL_RATE), gain))
-        if CAL_BAND[0] <= r <= CAL_BAND[1]:
+        best = min(best, (abs(r - target), gain))
+        if band[0] <= r <= band[1]:
             return gain
-        if r < CAL_BAND[0]:
+        if r < band[0]:
             lo = gain
         else:
             hi = gain
-        gain = gain * 4 if hi is None else gain / 4 if lo is None else math.sqrt(lo * hi)
+        gain = gain * step if hi is None else gain / step if lo is None else math.sqrt(lo * hi)
     return best[1]
 
 

@@ -80,21 +80,9 @@ def inputs(steps: int, samples: int, n_in: int, rate: float = INPUT_RATE, seed: 
     return (torch.rand(steps, samples, n_in, generator=g) < rate).float()
 
 
-def _fit_gain(rate: Callable[[float], float], max_iter: int = 60) -> float:
-    """A gain whose ``rate`` lies in :data:`RATE_BAND` (doubling/halving, then bisection in log)."""
-    lo, hi, gain = None, None, 1.0
-    best = (math.inf, gain)
-    for _ in range(max_iter):
-        r = rate(gain)
-        best = min(best, (abs(r - TARGET_RATE), gain))
-        if RATE_BAND[0] <= r <= RATE_BAND[1]:
-            return gain
-        if r < RATE_BAND[0]:
-            lo = gain
-        else:
-            hi = gain
-        gain = gain * 2 if hi is None else gain / 2 if lo is None else math.sqrt(lo * hi)
-    return best[1]
+def _calibrated_gain(rate: Callable[[float], float]) -> float:
+    """:func:`nir_peers.fit_gain` at this benchmark's target rate (doubling/halving steps)."""
+    return nir_peers.fit_gain(rate, TARGET_RATE, RATE_BAND, step=2.0, max_iter=60)
 
 
 def build_model(sizes: Sequence[int], x_cal: torch.Tensor, density: float = DENSITY, seed: int = SEED) -> SNN:
@@ -117,7 +105,7 @@ def build_model(sizes: Sequence[int], x_cal: torch.Tensor, density: float = DENS
                 neuron.reset()
                 return neuron(syn(h))
 
-            gain = _fit_gain(lambda g: float(spikes(g).mean()))
+            gain = _calibrated_gain(lambda g: float(spikes(g).mean()))
             h = spikes(gain)
     net.reset()
     return net

@@ -22,6 +22,7 @@ rounding) to autograd through :func:`.functional.lif_step`; parameters here are 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..surrogate import Surrogate
@@ -159,6 +160,7 @@ def lif_multistep_spikes(x: torch.Tensor, v0: torch.Tensor, a, gain, v_leak, v_t
     z_all = torch.empty_like(x2)
     v = torch.empty_like(v0c)
     np_t = x2.numpy().dtype.type
-    _lif_cpu.lif_forward_spikes(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
-                                np_t(v_reset), reset == "subtract", z_all.numpy(), v.numpy())
+    no_trace = np.empty((0, x2.shape[1]), dtype=np_t)
+    _lif_cpu.lif_forward(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
+                         np_t(v_reset), reset == "subtract", z_all.numpy(), no_trace, v.numpy())
     return z_all.reshape(xc.shape), v.reshape(xc.shape[1:])

@@ -183,17 +183,12 @@ class IF(LIF):
         return 1.0, self.r
 
 
-class CubaLIF(LIF):
-    r"""Current-based LIF: :math:`\tau_s \dot i = -i + w_{in} I`,
-    :math:`\tau_m \dot v = (v_{leak} - v) + R i` (NIR ``CubaLIF``).
+class _CurrentSynapse:
+    r"""NIR's current-based synapse in front of a membrane: :math:`\tau_s \dot i = -i + w_{in} I`,
+    discretely :math:`i_t = a_s i_{t-1} + (1-a_s) w_{in} I_t`; the membrane is driven by the
+    current of the *same* step (mixin of :class:`CubaLIF` and :class:`CubaLI`)."""
 
-    Discrete: :math:`i_t = a_s i_{t-1} + (1-a_s) w_{in} I_t`, then the LIF update driven by
-    :math:`i_t` (the current of the *same* step; Norse's ``LIFCell`` uses
-    :math:`i_{t-1}` and no :math:`(1-a)` factors).
-    """
-
-    def __init__(self, tau_mem: float = 1e-2, tau_syn: float = 5e-3, w_in: float = 1.0, **kw) -> None:
-        super().__init__(tau_mem, **kw)
+    def _init_synapse(self, tau_syn, w_in) -> None:
         self._fixed("tau_syn", as_constant(tau_syn))
         _positive("tau_syn", self.tau_syn)
         self._fixed("w_in", as_constant(w_in))
@@ -214,12 +209,26 @@ class CubaLIF(LIF):
         return super().forward(i)
 
     def step(self, x, state=None):
-        """One step; ``state`` is ``(LIFState, i)``."""
-        lif_state, i = state if state is not None else (None, torch.zeros_like(x))
+        """One step; ``state`` is ``(membrane state, i)``."""
+        inner, i = state if state is not None else (None, torch.zeros_like(x))
         a_s, g_s = self.synapse_coefficients()
         i = a_s * i + g_s * x
-        z, lif_state = super().step(i, lif_state)
-        return z, (lif_state, i)
+        out, inner = super().step(i, inner)
+        return out, (inner, i)
+
+
+class CubaLIF(_CurrentSynapse, LIF):
+    r"""Current-based LIF: :math:`\tau_s \dot i = -i + w_{in} I`,
+    :math:`\tau_m \dot v = (v_{leak} - v) + R i` (NIR ``CubaLIF``).
+
+    Discrete: :math:`i_t = a_s i_{t-1} + (1-a_s) w_{in} I_t`, then the LIF update driven by
+    :math:`i_t` (the current of the *same* step; Norse's ``LIFCell`` uses
+    :math:`i_{t-1}` and no :math:`(1-a)` factors).
+    """
+
+    def __init__(self, tau_mem: float = 1e-2, tau_syn: float = 5e-3, w_in: float = 1.0, **kw) -> None:
+        super().__init__(tau_mem, **kw)
+        self._init_synapse(tau_syn, w_in)
 
 
 class ALIF(LIF):
@@ -290,34 +299,11 @@ class LI(Neuron):
         return v, v
 
 
-class CubaLI(LI):
+class CubaLI(_CurrentSynapse, LI):
     r"""Current-based leaky integrator (NIR ``CubaLI``): :math:`\tau_s \dot i = -i + w_{in} I`,
     :math:`\tau_m \dot v = (v_{leak} - v) + R i`; the synaptic filter of :class:`CubaLIF`
     (current of the same step) followed by :class:`LI`. ``forward`` returns the membrane."""
 
     def __init__(self, tau_mem: float = 1e-2, tau_syn: float = 5e-3, w_in: float = 1.0, **kw) -> None:
         super().__init__(tau_mem, **kw)
-        self._fixed("tau_syn", as_constant(tau_syn))
-        _positive("tau_syn", self.tau_syn)
-        self._fixed("w_in", as_constant(w_in))
-        self.i_state: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.i_state = None
-
-    synapse_coefficients = CubaLIF.synapse_coefficients
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_s, g_s = self.synapse_coefficients()
-        i0 = self.i_state if self.i_state is not None else torch.zeros_like(x[0])
-        i, self.i_state = F.synaptic_filter(x, i0, a_s, g_s)
-        return super().forward(i)
-
-    def step(self, x, state=None):
-        """One step; ``state`` is ``(v, i)``."""
-        v, i = state if state is not None else (None, torch.zeros_like(x))
-        a_s, g_s = self.synapse_coefficients()
-        i = a_s * i + g_s * x
-        out, v = super().step(i, v)
-        return out, (v, i)
+        self._init_synapse(tau_syn, w_in)
