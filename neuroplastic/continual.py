@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from .config import RunConfig, to_toml
-from .dormant import dormant_ratios
 from .encoders import make_encoder
 from .errors import UserError
 from .io import save_checkpoint, write_json, write_text
 from .metrics import summarize
 from .network import SNN, cnn, mlp
 from .plugins import build_plugins
+from .records import TaskProbe
 from .runfile import write_run_h5
 from .training import Trainer
 
@@ -97,22 +97,6 @@ def model_sparsity(model: torch.nn.Module) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
-def _dormant(trainer: Trainer, stream, n: int = 256) -> dict[str, float]:
-    from neuroplastic.datasets import iterate_minibatches
-
-    model = trainer.model
-    spikes: dict[str, list[torch.Tensor]] = {}
-    with model.recording():
-        for task in stream.tasks:
-            x, _ = next(iterate_minibatches(task.test, n, False, None))
-            trainer.forward_logits(x, task.head, torch.Generator().manual_seed(1))
-            for name, rec in model.recordings.items():
-                if "spikes" in rec:
-                    spikes.setdefault(name, []).append(rec["spikes"])
-    return dormant_ratios({k: torch.cat(v, dim=1) for k, v in spikes.items()})
-
-
 class _Encoded:
     """Encoder wrapper that reshapes flat images for conv nets first."""
 
@@ -137,7 +121,7 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
     baseline = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
     R: list[list[float]] = []
     losses: dict[str, Any] = {}
-    dormant_hist: dict[str, list[float]] = {}
+    probe = TaskProbe(trainer, stream)
     t0 = time.perf_counter()
     dormant: dict[str, float] = {}
     for i, task in enumerate(stream.tasks):
@@ -146,12 +130,10 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
         losses[f"task_{i}"] = trainer.train_task(sources, i, desc=f"{method} task {i + 1}/{T}")
         plugins.on_task_end(i, task)
         R.append([trainer.evaluate(t.test, t.head) for t in stream.tasks])
-        dormant = _dormant(trainer, stream)
-        for k, v in dormant.items():
-            dormant_hist.setdefault(k, []).append(v)
+        sparsity = model_sparsity(model)
+        dormant = probe.after_task(i, sparsity)
         wall = time.perf_counter() - t0
         R_done = [row[: i + 1] for row in R]
-        sparsity = model_sparsity(model)
         metrics = {
             "method": method,
             "acc_matrix": R,
@@ -171,7 +153,7 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
             "generator": trainer.generator.get_state(), "method": method,
         })
         write_run_h5(out_dir / "run.h5",
-                     {"acc_matrix": R, "baseline": baseline, "losses": losses, "dormant": dormant_hist,
+                     {"acc_matrix": R, "baseline": baseline, "losses": losses, **probe.tree,
                       "plugins": plugins.records()},
                      {"method": method, "tasks": [t.name for t in stream.tasks],
                       "acc": metrics["acc"], "bwt": metrics["bwt"], "fwt": metrics["fwt"], "wall_s": wall})
