@@ -4,6 +4,7 @@
 continual experiments (no arguments: the embedded default on permuted digits);
 ``neuroplastic export`` writes a trained network as a NIR graph or our sparse HDF5 archive;
 ``neuroplastic simulate`` runs a saved network on an input array;
+``neuroplastic plot`` draws a run's figures and writes its HTML report;
 ``neuroplastic bench peers|kernels|simulate`` runs the performance comparisons.
 Bad input prints one line ``neuroplastic: error: ...`` and exits with code 2.
 """
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sparsity", type=float, help="final sparsity of sparse methods (0..1)")
     r.add_argument("--seed", type=int)
     r.add_argument("--out", help="run directory (default runs/<name>)")
+    r.add_argument("--plot", action="store_true", help="write the figures and report.html at the end (RUN/report/)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("export", help="write a trained network as NIR or a sparse HDF5 archive")
     e.add_argument("source", help="run directory or checkpoint (ckpt_task<I>.pt)")
@@ -63,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--integration", choices=["exact", "euler"], help="default: the file's (euler for foreign NIR)")
     s_.add_argument("--record", default="spikes", help="observables per layer: spikes,v (default spikes)")
     s_.add_argument("--batch", type=int, default=256, help="samples per batch (default 256)")
+    s_.add_argument("--plot", action="store_true", help="also draw the raster of sample 0 (OUT_raster.png)")
     s_.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl = sub.add_parser("plot", help="figures and a one-page HTML report of run directories")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (several: compared side by side)")
+    pl.add_argument("-o", "--output", help="directory for the figures and report.html (default RUN_DIR/report)")
+    pl.add_argument("--no-animation", action="store_true", help="skip the GIF of one sample's spikes")
     b = sub.add_parser("bench", help="performance comparisons")
     b.add_argument("what", choices=["peers", "kernels", "simulate"])
     b.add_argument("--json", help="write the rows as JSON to this file")
@@ -127,6 +134,18 @@ def _cmd_run(a) -> int:
     cfg = _apply_overrides(cfg, a)
     assert isinstance(cfg, RunConfig)
     run(cfg)
+    if a.plot:
+        return _cmd_plot(argparse.Namespace(runs=[cfg.out], output=None, no_animation=False))
+    return 0
+
+
+def _cmd_plot(a) -> int:
+    from .plot.report import write_report
+
+    rep = write_report(a.runs, a.output, animation=not a.no_animation)
+    print(f"{len(rep.figures)} figures and {rep.html} ({rep.seconds:.1f} s)")
+    for name, why in rep.failed:
+        print(f"neuroplastic: note: figure {name} failed: {why}", file=sys.stderr)
     return 0
 
 
@@ -162,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command is None:
             build_parser().print_help()
             return 2
-        commands = {"run": _cmd_run, "bench": _cmd_bench, "export": _cmd_export, "simulate": _cmd_simulate}
+        commands = {"run": _cmd_run, "bench": _cmd_bench, "export": _cmd_export, "simulate": _cmd_simulate,
+                    "plot": _cmd_plot}
         return commands[a.command](a)
     except UserError as exc:
         print(f"neuroplastic: error: {exc}", file=sys.stderr)

@@ -108,4 +108,10 @@ def simulate_command(a) -> int:
     print(f"{B} samples x {T} steps -> {out}")
     for layer, r in rates.items():
         print(f"  {layer:<16} firing rate {r:.4f}")
+    if getattr(a, "plot", False):
+        from ..plot.spikes import raster_from_simulation
+        from ..plot.style import save_png
+
+        png = save_png(raster_from_simulation(str(out), sample=0), out.with_name(out.stem + "_raster.png"))
+        print(f"raster of sample 0 -> {png}")
     return 0

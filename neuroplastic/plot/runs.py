@@ -42,6 +42,7 @@ class Run:
     config: str | None = None
     checkpoints: dict[int, Path] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # what was missing or unreadable
+    tag: str = ""  # the run directory's name when separate runs are compared
 
     @property
     def acc_matrix(self) -> np.ndarray | None:
@@ -61,8 +62,8 @@ class Run:
 
     @property
     def label(self) -> str:
-        """``method`` (plus the directory when runs are compared)."""
-        return self.method
+        """``method``, or ``tag/method`` when separate runs are compared."""
+        return f"{self.tag}/{self.method}" if self.tag else self.method
 
     def masks(self, task: int | None = None) -> dict[str, np.ndarray]:
         """The boolean synapse masks of a checkpoint (the last by default): ``{layer: mask}``."""
