@@ -16,6 +16,8 @@ import base64
 import html
 import importlib
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from .runs import Run, load_runs
 from .style import NoData, save_png
 
 __all__ = ["write_report", "Report", "RUN_FIGURE_MODULES"]
+
+#: processes that render figures (``NEUROPLASTIC_PLOT_JOBS``; default: up to 2 cores)
+PLOT_JOBS = int(os.environ.get("NEUROPLASTIC_PLOT_JOBS", min(2, os.cpu_count() or 1)))
 
 #: modules whose ``RUN_FIGURES`` (name -> fn(Run) -> Figure) go into a report, in this order
 RUN_FIGURE_MODULES = ("continual", "spikes", "projection", "sparsity")
@@ -67,18 +72,40 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
-def _render(name: str, make: Callable, path: Path, report: Report) -> str | None:
+def _render(name: str, make: Callable, path: Path) -> tuple[str, str]:
+    """``("ok", base64 PNG)``, ``("skipped", reason)`` or ``("failed", error)`` for one figure."""
     try:
         fig = make()
     except NoData as exc:
-        report.skipped.append((name, str(exc)))
-        return None
+        return "skipped", str(exc)
     except Exception as exc:  # noqa: BLE001 - one figure must not sink the report
-        report.failed.append((name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
-        return None
+        return "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     save_png(fig, path, dpi=100)
-    report.figures.append(path)
-    return base64.b64encode(path.read_bytes()).decode()
+    return "ok", base64.b64encode(path.read_bytes()).decode()
+
+
+#: the figures of the report being written (read by forked workers: nothing is pickled)
+_JOBS: list[tuple[str, Callable, Path]] = []
+
+
+def _job(i: int) -> tuple[str, str]:
+    name, make, path = _JOBS[i]
+    return _render(name, make, path)
+
+
+def _render_all(jobs: list[tuple[str, Callable, Path]]) -> list[tuple[str, str]]:
+    """Render every job, on :data:`PLOT_JOBS` forked processes where the OS can fork (matplotlib's
+    drawing holds the GIL: threads would not help), else one after the other."""
+    global _JOBS
+    workers = min(PLOT_JOBS, len(jobs))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_render(*j) for j in jobs]
+    _JOBS = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_job, range(len(jobs)), chunksize=1)
+    finally:
+        _JOBS = []
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -161,30 +188,42 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file; give a directory")
     report = Report(html=out / "report.html")
-    sections: list[tuple[str, list[tuple[str, str, str]]]] = []
+    # (section, caption, job index) in reading order; the jobs render in parallel
+    jobs: list[tuple[str, Callable, Path]] = []
+    layout: list[tuple[str, str, int]] = []
     if len(runs) > 1:
-        figs = []
         for name, fn in _registry("COMPARE_FIGURES"):
-            data = _render(name, lambda fn=fn: fn(runs), out / f"{name}.png", report)
-            if data:
-                figs.append((name.replace("_", " "), "image/png", data))
-        sections.append(("Side by side", figs))
+            layout.append(("Side by side", name.replace("_", " "), len(jobs)))
+            jobs.append((name, lambda fn=fn: fn(runs), out / f"{name}.png"))
     for r in runs:
         sub = out / _slug(r.label) if len(runs) > 1 else out
-        figs = []
         for name, fn in _registry("RUN_FIGURES"):
             label = f"{r.label}: {name.replace('_', ' ')}" if len(runs) > 1 else name.replace("_", " ")
-            data = _render(label, lambda fn=fn, r=r: fn(r), sub / f"{name}.png", report)
-            if data:
-                figs.append((label, "image/png", data))
-        if animation:
+            layout.append((r.label, label, len(jobs)))
+            jobs.append((label, lambda fn=fn, r=r: fn(r), sub / f"{name}.png"))
+    out.mkdir(parents=True, exist_ok=True)
+    for _, _, path in jobs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    results = _render_all(jobs)
+    sections: dict[str, list[tuple[str, str, str]]] = {}
+    for section, caption, i in layout:
+        status, data = results[i]
+        figs = sections.setdefault(section, [])
+        if status == "ok":
+            report.figures.append(jobs[i][2])
+            figs.append((caption, "image/png", data))
+        else:
+            (report.skipped if status == "skipped" else report.failed).append((jobs[i][0], data))
+    if animation:
+        for r in runs:
+            sub = out / _slug(r.label) if len(runs) > 1 else out
             gif = _animation(r, sub / "spikes.gif", report)
             if gif:
-                figs.append((f"{r.label}: spikes of one test sample over time" if len(runs) > 1
-                             else "spikes of one test sample over time", "image/gif", gif))
-        sections.append((r.label, figs))
+                caption = "spikes of one test sample over time"
+                sections.setdefault(r.label, []).append(
+                    (f"{r.label}: {caption}" if len(runs) > 1 else caption, "image/gif", gif))
     title = "neuroplastic report: " + ", ".join(str(d) for d in dirs)
-    write_text(report.html, _html(title, runs, sections, report))
+    write_text(report.html, _html(title, runs, list(sections.items()), report))
     report.seconds = time.perf_counter() - t0
     summary = {"figures": [str(p) for p in report.figures], "skipped": report.skipped, "failed": report.failed}
     write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
