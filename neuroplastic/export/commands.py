@@ -110,8 +110,11 @@ def simulate_command(a) -> int:
         print(f"  {layer:<16} firing rate {r:.4f}")
     if getattr(a, "plot", False):
         from ..plot.spikes import raster_from_simulation
-        from ..plot.style import save_png
+        from ..plot.style import NoData, save_png
 
-        png = save_png(raster_from_simulation(str(out), sample=0), out.with_name(out.stem + "_raster.png"))
-        print(f"raster of sample 0 -> {png}")
+        try:
+            png = save_png(raster_from_simulation(str(out), sample=0), out.with_name(out.stem + "_raster.png"))
+            print(f"raster of sample 0 -> {png}")
+        except NoData as exc:
+            _note(f"no raster drawn: {exc}")
     return 0
