@@ -169,19 +169,23 @@ def baseline_of(run: Run) -> np.ndarray | None:
 # --------------------------------------------------------------------------- array level
 
 
+def _matrix(R, tasks) -> tuple[np.ndarray, int, int, list[str]]:
+    """``R`` as a float ``[tasks_done, T]`` array with its sizes and task names."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim == 1:
+        R = R[None, :]
+    if R.ndim != 2 or R.size == 0:
+        raise NoData("no accuracy matrix (no task finished)")
+    return R, R.shape[0], R.shape[1], task_names(tasks, R.shape[1])
+
+
 def accuracy_matrix(R, tasks: Sequence[str] | None = None, baseline=None, title: str | None = None,
                     summary: Mapping[str, float | None] | None = None) -> Figure:
     """Heatmap of ``R[i, j]`` (percent; rows = after training task ``i``, columns = evaluated
     on task ``j``) on a fixed 0-100 colour scale, values written in the cells, the diagonal
     (each task right after its own training) outlined; ACC/BWT/FWT in the title (``summary``,
     or computed when ``R`` is square)."""
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim == 1:
-        R = R[None, :]
-    if R.ndim != 2 or R.size == 0:
-        raise NoData("no accuracy matrix (no task finished)")
-    n_done, T = R.shape
-    names = task_names(tasks, T)
+    R, n_done, T, names = _matrix(R, tasks)
     if summary is None and n_done == T:
         b = baseline if baseline is not None and np.size(baseline) == T else None
         summary = summarize(R, b)
@@ -226,13 +230,7 @@ def task_accuracy(R, baseline=None, tasks: Sequence[str] | None = None, title: s
     training on (``R[j, j], R[j+1, j], ...``: what is kept or forgotten), thin dashed before
     it (the untrained network's ``b_j`` at "untrained", then ``R[i, j]`` for ``i < j``); the
     black line is the average accuracy over the tasks trained so far."""
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim == 1:
-        R = R[None, :]
-    if R.ndim != 2 or R.size == 0:
-        raise NoData("no accuracy matrix (no task finished)")
-    n_done, T = R.shape
-    names = task_names(tasks, T)
+    R, n_done, T, names = _matrix(R, tasks)
     b = np.asarray(baseline, dtype=np.float64).ravel() if baseline is not None else None
     if b is not None and b.size != T:
         b = None
