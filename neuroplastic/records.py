@@ -14,8 +14,9 @@ Layout inside ``run.h5`` (``L`` = spiking layer name, ``i`` = task index)::
     /probe/neurons/L              int   [n_kept]                 which neurons are kept
     /probe/trace_neurons/L        int   [n_traces]               whose membrane is kept
     /probe/labels                 int   [n_samples]              labels of the fixed inputs
-    /probe/input                  bool  [T, n_samples, n_in_kept] their input spikes (first
+    /probe/input                  bool  [T, n_samples, n_in_kept] their input spikes (at most
                                                                  ``max_neurons`` inputs, evenly spaced)
+    /probe/input_neurons          int   [n_in_kept]              which inputs (flat index)
     /probe/task_i/L/spikes        bool  [T, n_samples, n_kept]
     /probe/task_i/L/v             float32 [T, n_samples, n_traces]  pre-reset membrane
     /probe/task_i/L/v_th          float                          the layer's threshold
@@ -79,6 +80,7 @@ class TaskProbe:
             flat = inputs.reshape(inputs.shape[0], inputs.shape[1], -1)
             keep = _spread(flat.shape[2], self.max_neurons)
             probe["input"] = flat[:, :, keep].cpu().numpy() != 0
+            probe["input_neurons"] = keep
         entry = probe.setdefault(f"task_{i}", {})
         for name, rec in recs.items():
             if "spikes" not in rec:

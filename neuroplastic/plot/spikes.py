@@ -453,6 +453,9 @@ def probe_spikes(run: Run, task: int | None = None, sample: int = 0, with_input:
         raise NoData(f"sample {sample} not recorded (the probe holds {n_samples})")
     if with_input and isinstance(inp, np.ndarray) and inp.ndim == 3 and sample < inp.shape[1]:
         spikes["input"] = inp[:, sample, :]
+        kept = probe.get("input_neurons")  # which inputs (runs before 2026-12-02 did not record it)
+        if kept is not None and len(kept) == inp.shape[2]:
+            ids["input"] = np.asarray(kept)
     rates = run.h5.get("rates", {}).get(f"task_{i}", {})
     for n in names:
         spikes[n] = np.asarray(entry[n]["spikes"])[:, sample, :]
@@ -479,7 +482,7 @@ def run_raster(run: Run, task: int | None = None, sample: int = 0, max_neurons: 
     for lay in layers:
         if lay.name == "input":
             n_rec = spikes["input"].shape[1]
-            lay.ylabel = "input (recorded #)"
+            lay.ylabel = "input index" if "input" in ids else "input (recorded #)"
             lay.heading = f"input: {n_rec} recorded inputs" + (f", {lay.z.shape[1]} shown" if lay.z.shape[1] < n_rec
                                                                  else "")
     return _raster_figure(layers, run_dt(run),
