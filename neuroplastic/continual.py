@@ -29,7 +29,7 @@ from .metrics import summarize
 from .network import SNN, cnn, mlp
 from .plugins import build_plugins
 from .records import TaskProbe
-from .runfile import write_run_h5
+from .runfile import checkpoint_name, write_run_h5
 from .training import Trainer
 
 __all__ = ["build_model", "build_stream", "run_method", "run", "format_table", "model_sparsity"]
@@ -147,7 +147,7 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
             "dormant_ratio": dormant,
             **plugins.metrics(),
         }
-        save_checkpoint(out_dir / f"ckpt_task{i}.pt", {
+        save_checkpoint(out_dir / checkpoint_name(i), {
             "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "plugins": plugins.state_dict(), "task": i, "acc_matrix": R, "baseline": baseline,
             "generator": trainer.generator.get_state(), "method": method,

@@ -1,4 +1,5 @@
-"""``run.h5``: the arrays of a run, for plots and reports.
+"""``run.h5``: the arrays of a run, for plots and reports (and the names of the run's
+checkpoints, ``ckpt_task<i>.pt``, which the runner writes and export and plot read).
 
 Layout (all written atomically at the end of every task, so a crash keeps the last one)::
 
@@ -13,6 +14,7 @@ Layout (all written atomically at the end of every task, so a crash keeps the la
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,20 @@ import numpy as np
 
 from .io import atomic_path
 
-__all__ = ["write_run_h5", "read_run_h5"]
+__all__ = ["write_run_h5", "read_run_h5", "checkpoint_name", "checkpoints"]
+
+_CKPT = re.compile(r"^ckpt_task(\d+)\.pt$")
+
+
+def checkpoint_name(task: int) -> str:
+    """File name of the checkpoint written after ``task`` (``ckpt_task<i>.pt``)."""
+    return f"ckpt_task{task}.pt"
+
+
+def checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """``{task: path}`` of the checkpoints in a method's run directory (``{}`` if none)."""
+    d = Path(run_dir)
+    return {int(m.group(1)): p for p in d.iterdir() if (m := _CKPT.match(p.name))} if d.is_dir() else {}
 
 
 def _write_tree(group: h5py.Group, tree: dict[str, Any]) -> None:

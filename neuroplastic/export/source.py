@@ -8,7 +8,6 @@ directly; its ``config.toml`` is read from the same directory.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,9 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..runfile import checkpoints
 
 __all__ = ["RunModel", "load_run_model", "run_stream"]
-
-_CKPT = re.compile(r"^ckpt_task(\d+)\.pt$")
-
 
 @dataclass
 class RunModel:
@@ -34,20 +31,16 @@ class RunModel:
     task: int
 
 
-def _checkpoints(d: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in d.iterdir() if (m := _CKPT.match(p.name))} if d.is_dir() else {}
-
-
 def _method_dir(root: Path, method: str | None) -> Path:
     from ..config import load_config
 
-    if _checkpoints(root):
+    if checkpoints(root):
         if method is not None:
             methods = load_config(root / "config.toml").methods if (root / "config.toml").is_file() else []
             if methods and method not in methods:
                 raise UserError(f"{root} holds method {methods[0]!r}, not {method!r}")
         return root
-    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and _checkpoints(p))
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir() and checkpoints(p))
     if not subs:
         raise UserError(f"{root} holds no checkpoints (ckpt_task<I>.pt): not a run directory")
     if method is None:
@@ -69,7 +62,7 @@ def load_run_model(path: str | Path, method: str | None = None, task: int | None
         raise UserError(f"not found: {path}")
     if path.is_dir():
         mdir = _method_dir(path, method)
-        ckpts = _checkpoints(mdir)
+        ckpts = checkpoints(mdir)
         if task is None:
             task = max(ckpts)
         if task not in ckpts:

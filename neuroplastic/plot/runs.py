@@ -11,7 +11,6 @@ is a :class:`~neuroplastic.errors.UserError`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..runfile import checkpoints, read_run_h5
 
 __all__ = ["Run", "load_runs", "is_run_dir"]
-
-_CKPT = re.compile(r"^ckpt_task(\d+)\.pt$")
-
 
 @dataclass
 class Run:
@@ -95,13 +92,10 @@ def _json_attr(v):
 
 def is_run_dir(path: Path) -> bool:
     """A method's run directory: ``metrics.json``, ``run.h5`` or a checkpoint in it."""
-    return path.is_dir() and (any((path / f).is_file() for f in ("metrics.json", "run.h5"))
-                              or any(_CKPT.match(p.name) for p in path.iterdir()))
+    return path.is_dir() and (any((path / f).is_file() for f in ("metrics.json", "run.h5")) or bool(checkpoints(path)))
 
 
 def _read_h5(path: Path, problems: list[str]) -> dict[str, Any]:
-    from ..runfile import read_run_h5
-
     if not path.is_file():
         problems.append("run.h5 missing")
         return {}
@@ -130,7 +124,7 @@ def _load_one(d: Path) -> Run:
     method = metrics.get("method") or _json_attr(h5.get("attrs", {}).get("method")) or d.name
     if isinstance(method, bytes):
         method = method.decode()
-    ckpts = {int(m.group(1)): p for p in d.iterdir() if (m := _CKPT.match(p.name))}
+    ckpts = checkpoints(d)
     return Run(path=d, method=str(method), metrics=metrics, h5=h5, config=config, checkpoints=ckpts,
                problems=problems)
 
