@@ -32,7 +32,7 @@ from .records import TaskProbe
 from .runfile import checkpoint_name, write_run_h5
 from .training import Trainer
 
-__all__ = ["build_model", "build_stream", "run_method", "run", "format_table", "model_sparsity"]
+__all__ = ["build_model", "build_stream", "run_encoder", "run_method", "run", "format_table", "model_sparsity"]
 
 
 def build_stream(cfg: RunConfig):
@@ -108,11 +108,16 @@ class _Encoded:
         return self.encoder(self.reshape(x) if self.reshape else x, generator)
 
 
+def run_encoder(cfg: RunConfig, stream, model: SNN) -> _Encoded:
+    """The encoder a run feeds ``model`` with (conv nets get flat images reshaped first)."""
+    return _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
+
+
 def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, Any]:
     """Run one method over the stream; write its run directory; return its metrics."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, stream)
-    encoder = _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
+    encoder = run_encoder(cfg, stream, model)
     plugins = build_plugins(method, cfg.plugins)
     if cfg.train.trainer != "bptt":
         raise UserError(f"trainer {cfg.train.trainer!r} is not available yet; use bptt")

@@ -18,11 +18,10 @@ __all__ = ["export_command", "simulate_command", "mean_test_accuracy", "plugin_t
 def mean_test_accuracy(model, cfg, stream) -> float:
     """Mean test accuracy (percent) of ``model`` over every task of ``stream``, each through its
     head, encoded as the run's trainer encodes (same evaluation seed as the runner)."""
-    from ..continual import _Encoded, _reshape_for, build_encoder
+    from ..continual import run_encoder
     from ..training import Trainer
 
-    encoder = _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
-    trainer = Trainer(model, encoder, cfg.train, None, cfg.device, cfg.seed, quiet=True)
+    trainer = Trainer(model, run_encoder(cfg, stream, model), cfg.train, None, cfg.device, cfg.seed, quiet=True)
     accs = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
     return sum(accs) / len(accs)
 
