@@ -22,7 +22,6 @@ rounding) to autograd through :func:`.functional.lif_step`; parameters here are 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..surrogate import Surrogate
@@ -45,28 +44,38 @@ def _numba_ok(*tensors, scalars=()) -> bool:
         t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
 
 
+def _offset(a, v_leak):
+    """The constant drive ``(1 - a) v_leak`` (exactly 0.0 for the usual ``v_leak = 0``)."""
+    return 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
+
+
+def _numba_forward(x, v0, a, gain, offset, v_th, v_reset, reset: str, trace: bool):
+    """The numba kernel over ``x [T, ...]``: ``(z, v_pre or None, v_final)`` shaped like ``x``
+    (``trace=False`` skips the pre-reset membrane)."""
+    _match_threads()
+    xc = x.detach().contiguous()
+    x2 = xc.reshape(xc.shape[0], -1)
+    v0c = v0.detach().expand_as(xc[0]).contiguous().reshape(-1).to(xc.dtype)
+    z_all = torch.empty_like(x2)
+    v = torch.empty_like(v0c)
+    np_t = x2.numpy().dtype.type
+    v_pre = torch.empty_like(x2) if trace else torch.empty(0, x2.shape[1], dtype=x2.dtype)
+    _lif_cpu.lif_forward(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
+                         np_t(v_reset), reset == "subtract", z_all.numpy(), v_pre.numpy(), v.numpy())
+    shape = xc.shape
+    return z_all.reshape(shape), (v_pre.reshape(shape) if trace else None), v.reshape(shape[1:])
+
+
 class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, a, gain, v_leak, v_th, v_reset, surrogate, reset, detach_reset):  # type: ignore[override]
         ctx.set_materialize_grads(False)  # v_pre and v carry no gradient: no zero tensors for them
         ctx.params = (a, gain, v_th, v_reset, surrogate, reset, detach_reset)
         ctx.v0_needs_grad = v0.requires_grad
-        offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
+        offset = _offset(a, v_leak)
         if _numba_ok(x, v0, scalars=(a, gain, v_th, v_reset, offset)) and x.dim() >= 2:
             # the kernel computes v_pre = a v + gain x + offset itself: no pass over x here
-            _match_threads()
-            xc = x.detach().contiguous()
-            T = xc.shape[0]
-            x2 = xc.reshape(T, -1)
-            v0c = v0.detach().expand_as(xc[0]).contiguous().reshape(-1).to(xc.dtype)
-            v_pre_all = torch.empty_like(x2)
-            z_all = torch.empty_like(x2)
-            v = torch.empty_like(v0c)
-            np_t = x2.numpy().dtype.type
-            _lif_cpu.lif_forward(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
-                                 np_t(v_reset), reset == "subtract", z_all.numpy(), v_pre_all.numpy(), v.numpy())
-            shape = xc.shape
-            v_pre_all, z_all, v = v_pre_all.reshape(shape), z_all.reshape(shape), v.reshape(shape[1:])
+            z_all, v_pre_all, v = _numba_forward(x, v0, a, gain, offset, v_th, v_reset, reset, trace=True)
             ctx.save_for_backward(v_pre_all)
             ctx.mark_non_differentiable(v_pre_all, v)
             return z_all, v_pre_all, v
@@ -150,17 +159,8 @@ def lif_multistep_spikes(x: torch.Tensor, v0: torch.Tensor, a, gain, v_leak, v_t
     kernel that skips the pre-reset membrane, or ``None`` when that kernel does not apply
     (per-neuron parameters, non-CPU or non-float tensors). Same spikes as
     :func:`lif_multistep_fused`."""
-    offset = 0.0 if isinstance(v_leak, float | int) and v_leak == 0 else (1 - a) * v_leak
+    offset = _offset(a, v_leak)
     if x.dim() < 2 or not _numba_ok(x, v0, scalars=(a, gain, v_th, v_reset, offset)):
         return None
-    _match_threads()
-    xc = x.detach().contiguous()
-    x2 = xc.reshape(xc.shape[0], -1)
-    v0c = v0.detach().expand_as(xc[0]).contiguous().reshape(-1).to(xc.dtype)
-    z_all = torch.empty_like(x2)
-    v = torch.empty_like(v0c)
-    np_t = x2.numpy().dtype.type
-    no_trace = np.empty((0, x2.shape[1]), dtype=np_t)
-    _lif_cpu.lif_forward(x2.numpy(), v0c.numpy(), np_t(a), np_t(gain), np_t(offset), np_t(v_th),
-                         np_t(v_reset), reset == "subtract", z_all.numpy(), no_trace, v.numpy())
-    return z_all.reshape(xc.shape), v.reshape(xc.shape[1:])
+    z_all, _, v = _numba_forward(x, v0, a, gain, offset, v_th, v_reset, reset, trace=False)
+    return z_all, v
