@@ -139,15 +139,12 @@ class AvgPool2d(nn.AvgPool2d):
         return _time_batched(super().forward, x)
 
 
-class SumPool2d(nn.AvgPool2d):
+class SumPool2d(AvgPool2d):
     """Sum pooling over ``[T, B, C, H, W]`` (NIR ``SumPool2d``): the window's sum, zero padding
     counted as zeros (average pooling with divisor 1)."""
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__(kernel_size, stride, padding, count_include_pad=True, divisor_override=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _time_batched(super().forward, x)
 
 
 class MaxPool2d(nn.MaxPool2d):

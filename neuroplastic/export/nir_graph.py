@@ -40,7 +40,7 @@ from ..errors import UserError
 from ..network import SNN
 from ..neurons import Neuron
 from ..synapses import AvgPool2d, Conv2d, Flatten, Linear, Scale, SumPool2d
-from .nir_params import META, Timing, is_neuron_node, neuron_from_nir, neuron_to_nir
+from .nir_params import META, Timing, is_neuron_node, meta_value, neuron_from_nir, neuron_to_nir
 
 __all__ = ["to_nir", "from_nir", "write_nir", "read_nir", "SPARSE_IMPORT_ZEROS"]
 
@@ -56,10 +56,6 @@ def _version() -> str:
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().to(torch.float32).numpy().copy()
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _pool_out(shape, k, s, p) -> tuple[int, ...]:
@@ -186,15 +182,14 @@ def _layer_to_nir(name: str, layer: nn.Module, shape: tuple[int, ...], target: T
             raise UserError(f"layer {name!r} expects [C={layer.in_channels}, H, W] input, gets shape {shape}")
         bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_channels)
         meta = _sparse_meta(layer)
-        node = nir.Conv2d(input_shape=shape[1:], weight=_np(layer.effective_weight()), stride=_pair(layer.stride),
-                          padding=_pair(layer.padding), dilation=_pair(layer.dilation), groups=int(layer.groups),
+        node = nir.Conv2d(input_shape=shape[1:], weight=_np(layer.effective_weight()), stride=_ints2(layer.stride),
+                          padding=_ints2(layer.padding), dilation=_ints2(layer.dilation), groups=int(layer.groups),
                           bias=_np(bias), metadata=meta)
         return node, tuple(int(v) for v in node.output_type["output"])
-    if isinstance(layer, AvgPool2d | SumPool2d):
-        if layer.ceil_mode or (isinstance(layer, AvgPool2d) and not isinstance(layer, SumPool2d)
-                               and not layer.count_include_pad):
+    if isinstance(layer, AvgPool2d):  # SumPool2d included
+        if layer.ceil_mode or not layer.count_include_pad:
             raise UserError(f"layer {name!r}: pooling with ceil_mode or count_include_pad=False has no NIR form")
-        k, s, p = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding)
+        k, s, p = _ints2(layer.kernel_size), _ints2(layer.stride or layer.kernel_size), _ints2(layer.padding)
         cls = nir.SumPool2d if isinstance(layer, SumPool2d) else nir.AvgPool2d
         node = cls(kernel_size=np.array(k), stride=np.array(s), padding=np.array(p))
         out = _pool_out(shape, k, s, p)
@@ -230,16 +225,6 @@ def write_nir(path: str | Path, graph: nir.NIRGraph) -> None:
 
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)
-
-
-def _meta(meta, key, default=None):
-    v = (meta or {}).get(key, default)
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-        v = v.item()
-        v = v.decode() if isinstance(v, bytes) else v
-    return v
 
 
 def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict, list]:
@@ -328,7 +313,7 @@ def _bias(b, n: int) -> torch.Tensor:
 
 def _masked_if_sparse(layer: nn.Module, node: nir.NIRNode, name: str) -> None:
     w = layer.weight.detach()
-    marked = bool(_meta(node.metadata, f"{META}sparse", False))
+    marked = bool(meta_value(node.metadata, f"{META}sparse", False))
     if marked or float((w == 0).float().mean()) >= SPARSE_IMPORT_ZEROS:
         layer.set_mask(w != 0)
 
@@ -411,8 +396,8 @@ def from_nir(graph_or_path: nir.NIRGraph | str | Path, dt: float | None = None,
     """
     graph = graph_or_path if isinstance(graph_or_path, nir.NIRGraph) else read_nir(graph_or_path)
     meta = graph.metadata or {}
-    dt = float(dt) if dt is not None else float(_meta(meta, "dt", 1e-3))
-    timing = Timing(dt, integration or str(_meta(meta, "integration", "euler")))
+    dt = float(dt) if dt is not None else float(meta_value(meta, "dt", 1e-3))
+    timing = Timing(dt, integration or str(meta_value(meta, "integration", "euler")))
     order, in_type = _chain(graph)
     if not order:
         raise UserError("the NIR graph has no computational nodes")

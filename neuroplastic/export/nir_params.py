@@ -45,7 +45,7 @@ from ..errors import UserError
 from ..neurons import IF, LI, LIF, CubaLI, CubaLIF, Neuron
 from ..neurons import functional as NF
 
-__all__ = ["Timing", "NEURON_TABLE", "continuous_tau", "neuron_to_nir", "neuron_from_nir", "META"]
+__all__ = ["Timing", "NEURON_TABLE", "continuous_tau", "neuron_to_nir", "neuron_from_nir", "meta_value", "META"]
 
 #: prefix of our keys in NIR metadata (flat: NIR's HDF5 writer stores scalars and strings)
 META = "neuroplastic_"
@@ -127,13 +127,13 @@ def is_neuron_node(node: nir.NIRNode) -> bool:
     return type(node) in _FROM_NIR
 
 
-def _meta_str(meta: dict, key: str, default):
-    v = meta.get(f"{META}{key}", default)
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, np.ndarray):
+def meta_value(meta: dict | None, key: str, default=None):
+    """A NIR metadata value as a Python scalar or str (NIR's HDF5 reader returns bytes and
+    0-d arrays)."""
+    v = (meta or {}).get(key, default)
+    if isinstance(v, np.ndarray) and v.ndim == 0:
         v = v.item()
-    return v
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def neuron_from_nir(name: str, node: nir.NIRNode, target: Timing) -> tuple[Neuron, tuple[int, ...]]:
@@ -161,9 +161,9 @@ def neuron_from_nir(name: str, node: nir.NIRNode, target: Timing) -> tuple[Neuro
     kw = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kw.items()}
     kw["dt"], kw["integration"] = target.dt, target.integration
     if ours not in (LI, CubaLI):
-        kw["reset"] = str(_meta_str(meta, "reset", "zero"))
-        kw["detach_reset"] = bool(_meta_str(meta, "detach_reset", True))
-        kw["surrogate"] = str(_meta_str(meta, "surrogate", "atan"))
+        kw["reset"] = str(meta_value(meta, f"{META}reset", "zero"))
+        kw["detach_reset"] = bool(meta_value(meta, f"{META}detach_reset", True))
+        kw["surrogate"] = str(meta_value(meta, f"{META}surrogate", "atan"))
     else:
         kw.pop("v_th", None)
     if ours is IF:
