@@ -65,16 +65,17 @@ class SNN(nn.Module):
             if isinstance(m, Neuron):
                 m.reset()
 
-    def record(self, enabled: bool = True) -> None:
-        """Record spikes and membranes of every neuron layer on the next forward passes."""
+    def record(self, enabled: bool = True, membranes: bool = True) -> None:
+        """Record spikes (and, with ``membranes``, the membrane traces) of every neuron layer
+        on the next forward passes. Without membranes, inference keeps its fast kernel."""
         self._record = enabled
         for m in self.modules():
             if isinstance(m, Neuron):
-                m.record = enabled
+                m.record = enabled and membranes
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[SNN]:
-        self.record(True)
+    def recording(self, membranes: bool = True) -> Iterator[SNN]:
+        self.record(True, membranes)
         try:
             yield self
         finally:

@@ -155,16 +155,12 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
     T, B = _check_input(x, model, where)
     model.eval()
     chunk = max(1, CHUNK_BYTES // (4 * T * _widest(model, tuple(x.shape[2:]))))
-    model._record = True
-    for m in model.modules():
-        if isinstance(m, Neuron):
-            m.record = "v" in record
     names = list(model.layers)
     key = "spikes" if getattr(model.layers[names[-1]], "spiking", True) else "v"
     floats = np.dtype(x.dtype).kind == "f"
     bar = tqdm(total=B, desc="simulate", unit="sample", disable=True if quiet else None, leave=False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.recording(membranes="v" in record):
             for start in range(0, B, batch):
                 stop = min(start + batch, B)
                 rows: dict[str, dict[str, np.ndarray]] = {}
@@ -186,10 +182,6 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
                 bar.update(stop - start)
     finally:
         bar.close()
-        model._record = False
-        for m in model.modules():
-            if isinstance(m, Neuron):
-                m.record = False
 
 
 def _put(rows: dict, name: str, key: str, t: torch.Tensor, lo: int, hi: int, n: int) -> None:
