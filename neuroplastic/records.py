@@ -56,16 +56,17 @@ class TaskProbe:
 
         self.trainer, self.stream = trainer, stream
         self.n_rate, self.max_neurons, self.n_traces = n_rate, max_neurons, n_traces
-        x, y = next(iterate_minibatches(stream.tasks[0].test, n_samples, False, None))
-        self.x, self.labels = x, y
+        self.x, y = next(iterate_minibatches(stream.tasks[0].test, n_samples, False, None))
         self.head0 = stream.tasks[0].head
         self.tree: dict[str, Any] = {"probe": {"labels": y.numpy().astype(np.int64)}, "rates": {},
                                      "sparsity": {}, "dormant": {}}
 
-    def _record(self, x: torch.Tensor, head, seed: int) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+    def _record(self, x: torch.Tensor, head, membranes: bool) -> tuple[torch.Tensor, dict[str, dict]]:
+        """The encoded input and every layer's recordings (encoding seed 1, as the runner's
+        dormant pass always used)."""
         model = self.trainer.model
-        with torch.no_grad(), model.recording():
-            self.trainer.forward_logits(x, head, torch.Generator().manual_seed(seed))
+        with torch.no_grad(), model.recording(membranes):
+            self.trainer.forward_logits(x, head, torch.Generator().manual_seed(1))
             return self.trainer.inputs, dict(model.recordings)
 
     @torch.no_grad()
@@ -75,7 +76,7 @@ class TaskProbe:
 
         model = self.trainer.model
         probe = self.tree["probe"]
-        inputs, recs = self._record(self.x, self.head0, 1)
+        inputs, recs = self._record(self.x, self.head0, membranes=True)
         if "input" not in probe:
             flat = inputs.reshape(inputs.shape[0], inputs.shape[1], -1)
             keep = _spread(flat.shape[2], self.max_neurons)
@@ -98,7 +99,7 @@ class TaskProbe:
         spikes: dict[str, list[torch.Tensor]] = {}
         for task in self.stream.tasks:
             x, _ = next(iterate_minibatches(task.test, self.n_rate, False, None))
-            _, recs = self._record(x, task.head, 1)
+            _, recs = self._record(x, task.head, membranes=False)
             for name, rec in recs.items():
                 if "spikes" in rec:
                     spikes.setdefault(name, []).append(rec["spikes"].reshape(*rec["spikes"].shape[:2], -1))
