@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from neuroplastic.config import RunConfig, TrainSettings
-from neuroplastic.continual import run
+from neuroplastic.continual import build_stream, run
 from neuroplastic.export import from_nir, to_nir, write_nir
 from neuroplastic.export.archive import load_archive, save_archive
 from neuroplastic.export.commands import mean_test_accuracy, plugin_tables
-from neuroplastic.export.source import load_run_model, run_stream
+from neuroplastic.export.source import load_run_model
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def hlop_run(tmp_path_factory):
 def test_exported_hlop_run_scores_exactly_the_same(hlop_run, tmp_path):
     rm = load_run_model(hlop_run)
     assert rm.method == "hlop" and rm.task == 1
-    stream = run_stream(rm.cfg)
+    stream = build_stream(rm.cfg)
     acc = mean_test_accuracy(rm.model, rm.cfg, stream)
     import json
 

@@ -46,7 +46,8 @@ def export_command(a) -> int:
     from .archive import save_archive
     from .nir_graph import to_nir, write_nir
     from .quantize import quantize_model
-    from .source import load_run_model, run_stream
+    from ..continual import build_stream
+    from .source import load_run_model
 
     out = Path(a.output)
     if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r or a.head is not None):
@@ -58,7 +59,7 @@ def export_command(a) -> int:
     model = rm.model
     info: dict[str, Any] = {"source": str(rm.path), "method": rm.method, "task": rm.task}
     if a.quantize:
-        stream = run_stream(rm.cfg)
+        stream = build_stream(rm.cfg)
         before = mean_test_accuracy(model, rm.cfg, stream)
         model = copy.deepcopy(model)
         quantize_model(model, a.quantize)

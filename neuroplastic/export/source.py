@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..runfile import checkpoints
 
-__all__ = ["RunModel", "load_run_model", "run_stream"]
+__all__ = ["RunModel", "load_run_model", "build_from_state"]
 
 @dataclass
 class RunModel:
@@ -123,9 +123,3 @@ def _cnn_inputs(cfg, sd, weights) -> int:
             return side * side
     raise UserError("cannot infer the image size of this conv checkpoint")
 
-
-def run_stream(cfg):
-    """The task stream of a run's config (to evaluate an exported model on the run's test data)."""
-    from ..continual import build_stream
-
-    return build_stream(cfg)
