@@ -43,10 +43,10 @@ def _note(msg: str) -> None:
 
 def export_command(a) -> int:
     from ..config import to_toml
+    from ..continual import build_stream
     from .archive import save_archive
     from .nir_graph import to_nir, write_nir
     from .quantize import quantize_model
-    from ..continual import build_stream
     from .source import load_run_model
 
     out = Path(a.output)
