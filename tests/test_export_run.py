@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuroplastic.config import RunConfig, TrainSettings
-from neuroplastic.continual import build_stream, run
+from neuroplastic.continual import build_stream
 from neuroplastic.export import from_nir, to_nir, write_nir
 from neuroplastic.export.archive import load_archive, save_archive
 from neuroplastic.export.commands import mean_test_accuracy, plugin_tables
@@ -14,12 +13,8 @@ from neuroplastic.export.source import load_run_model
 
 
 @pytest.fixture(scope="module")
-def hlop_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "hlop"
-    cfg = RunConfig(methods=["hlop"], out=str(out), quiet=True, train=TrainSettings(time_steps=4))
-    cfg.data.tasks = 2
-    run(cfg, echo=lambda *_: None)
-    return out
+def hlop_run(make_run):
+    return make_run(["hlop"], tasks=2, time_steps=4)
 
 
 def test_exported_hlop_run_scores_exactly_the_same(hlop_run, tmp_path):

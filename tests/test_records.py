@@ -4,19 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from neuroplastic.config import RunConfig, TrainSettings
-from neuroplastic.continual import run
 from neuroplastic.dormant import scores_from_rates
 from neuroplastic.runfile import read_run_h5
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rec") / "r"
-    cfg = RunConfig(methods=["finetune"], out=str(out), quiet=True, train=TrainSettings(time_steps=5))
-    cfg.data.tasks = 3
-    run(cfg, echo=lambda *_: None)
-    return read_run_h5(out / "run.h5")
+def recorded(make_run):
+    return read_run_h5(make_run(["finetune"], tasks=3, time_steps=5) / "run.h5")
 
 
 def test_probe_layout_and_bounds(recorded):
