@@ -67,10 +67,15 @@ class ModelConfig:
     readout: str = "li"
     readout_tau: float = 2e-3
     bias: bool = True
+    recurrent: bool = False  # hidden layers with recurrent synapses (mlp, neuron lif or alif)
 
     def __post_init__(self) -> None:
         if self.arch not in ("mlp", "cnn"):
             raise UserError(f"model.arch must be mlp or cnn, got {self.arch!r}")
+        if self.recurrent and self.arch != "mlp":
+            raise UserError(f"model.recurrent = true needs model.arch = mlp, got {self.arch!r}")
+        if self.recurrent and self.neuron not in ("lif", "alif"):
+            raise UserError(f"model.recurrent = true needs model.neuron = lif or alif, got {self.neuron!r}")
         if not all(isinstance(h, int) and h > 0 for h in self.hidden):
             raise UserError(f"model.hidden must be a list of positive integers, got {self.hidden!r}")
         if self.tau_mem <= 0 or self.dt <= 0 or self.readout_tau <= 0:

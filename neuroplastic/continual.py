@@ -53,8 +53,10 @@ def build_model(cfg: RunConfig, stream) -> SNN:
               surrogate=m.surrogate, v_th=m.v_th)
     if m.neuron == "if":
         kw.pop("tau_mem")
+    if m.recurrent and m.arch != "mlp":
+        raise UserError(f"model.recurrent = true needs model.arch = mlp, got {m.arch!r}")
     if m.arch == "mlp":
-        net = mlp([stream.n_inputs, *m.hidden, stream.n_outputs], **kw)
+        net = mlp([stream.n_inputs, *m.hidden, stream.n_outputs], recurrent=m.recurrent, **kw)
     else:
         side = int(math.isqrt(stream.n_inputs))
         if side * side != stream.n_inputs:

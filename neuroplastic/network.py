@@ -11,6 +11,11 @@ state, and records spikes and membrane potentials of any layer::
 
 Multi-head (task-incremental) networks have ``n_heads`` output blocks of ``n_out``;
 ``forward(x, head=h)`` returns block ``h``.
+
+``mlp(..., recurrent=True)`` makes every hidden population recurrent
+(:class:`~neuroplastic.neurons.RecurrentLIF` / :class:`~neuroplastic.neurons.RecurrentALIF`,
+:math:`I_t = x_t + W_{rec} z_{t-1}`); their recurrent weights are the synapses
+``"<layer>.rec"`` of :meth:`SNN.synapses`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .neurons import LI, NEURONS, Neuron
+from .neurons import LI, NEURONS, RECURRENT_NEURONS, Neuron
 from .neurons import functional as NF
 from .synapses import AvgPool2d, Conv2d, Flatten, Linear, is_synapse
 
@@ -30,7 +35,8 @@ __all__ = ["SNN", "mlp", "cnn", "unit_gain_r"]
 
 
 class SNN(nn.Module):
-    """A feed-forward spiking network: an ordered, named list of layers."""
+    """A spiking network: an ordered, named list of layers (feed-forward between layers;
+    a layer may be a recurrent population)."""
 
     def __init__(self, layers: Sequence[tuple[str, nn.Module]], n_out: int, n_heads: int = 1,
                  in_shape: Sequence[int] | None = None) -> None:
@@ -82,8 +88,16 @@ class SNN(nn.Module):
             self.record(False)
 
     def synapses(self) -> list[tuple[str, nn.Module]]:
-        """``(name, layer)`` for every synapse layer, input to output."""
-        return [(n, m) for n, m in self.layers.items() if is_synapse(m)]
+        """``(name, layer)`` for every synapse layer, input to output. Synapses nested in a
+        layer (the recurrent weight ``rec`` of a recurrent population) are listed right
+        after that layer's feed-forward synapse as ``"<layer>.<child>"`` (e.g. ``lif1.rec``)."""
+        out = []
+        for n, m in self.layers.items():
+            if is_synapse(m):
+                out.append((n, m))
+            else:
+                out += [(f"{n}.{c}", child) for c, child in m.named_children() if is_synapse(child)]
+        return out
 
     def neurons(self) -> list[tuple[str, Neuron]]:
         """``(name, layer)`` for every spiking neuron layer (the readout excluded)."""
@@ -96,13 +110,24 @@ def unit_gain_r(tau_mem: float, dt: float, integration: str) -> float:
     return 1.0 / (1.0 - a)
 
 
-def _neuron(kind: str, neuron_kw: dict) -> nn.Module:
+def _neuron(kind: str, neuron_kw: dict, recurrent_size: int | None = None) -> nn.Module:
+    """A spiking population; recurrent (of ``recurrent_size`` neurons) when that is given."""
     if kind not in NEURONS or not NEURONS[kind].spiking:
         raise UserError(f"unknown neuron {kind!r}; choose one of lif, if, cubalif, alif")
+    if recurrent_size is not None and kind not in RECURRENT_NEURONS:
+        raise UserError(f"recurrent layers need neuron lif or alif, got {kind!r}")
     kw = dict(neuron_kw)
     if kw.pop("unit_gain", True) and kind != "if":
         kw.setdefault("r", unit_gain_r(kw.get("tau_mem", 1e-2), kw.get("dt", 1e-3), kw.get("integration", "exact")))
+    if recurrent_size is not None:
+        return RECURRENT_NEURONS[kind](recurrent_size, **kw)
+    for key in _RECURRENT_ONLY:
+        kw.pop(key, None)
     return NEURONS[kind](**kw)
+
+
+#: neuron keywords only recurrent populations take (dropped for the others, e.g. a spiking readout)
+_RECURRENT_ONLY = ("rec_scale", "detach_recurrent")
 
 
 def _readout(readout: str, neuron: str, neuron_kw: dict) -> nn.Module:
@@ -116,20 +141,29 @@ def _readout(readout: str, neuron: str, neuron_kw: dict) -> nn.Module:
 
 
 def mlp(sizes: Sequence[int], neuron: str = "lif", readout: str = "li", n_heads: int = 1,
-        bias: bool = True, **neuron_kw) -> SNN:
+        bias: bool = True, recurrent: bool = False, **neuron_kw) -> SNN:
     """``sizes = [n_in, h1, ..., n_out]``: Linear -> neuron per hidden layer, then
     Linear -> readout (``"li"`` leaky-integrator membrane, or ``"spikes"``).
 
     ``neuron_kw`` go to every neuron (``tau_mem``, ``dt``, ``integration``, ``reset``,
     ``surrogate``...). By default ``r`` is set so the per-step input gain is 1
     (``unit_gain=False`` keeps NIR's ``r = 1``).
+
+    ``recurrent=True``: every hidden layer is a recurrent population
+    (:class:`~neuroplastic.neurons.RecurrentLIF`, or :class:`~neuroplastic.neurons.RecurrentALIF`
+    for ``neuron="alif"``) with its recurrent synapse ``"<layer>.rec"``; ``rec_scale`` and
+    ``detach_recurrent`` in ``neuron_kw`` go to those layers only. The readout stays
+    non-recurrent.
     """
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise UserError(f"mlp sizes must be at least two positive integers, got {list(sizes)}")
+    given = [k for k in _RECURRENT_ONLY if k in neuron_kw]
+    if given and not recurrent:
+        raise UserError(f"{', '.join(given)} only apply to recurrent layers (mlp(..., recurrent=True))")
     layers: list[tuple[str, nn.Module]] = []
     for i in range(len(sizes) - 2):
         layers.append((f"fc{i + 1}", Linear(sizes[i], sizes[i + 1], bias=bias)))
-        layers.append((f"{neuron}{i + 1}", _neuron(neuron, neuron_kw)))
+        layers.append((f"{neuron}{i + 1}", _neuron(neuron, neuron_kw, int(sizes[i + 1]) if recurrent else None)))
     n_out = sizes[-1]
     layers.append((f"fc{len(sizes) - 1}", Linear(sizes[-2], n_out * n_heads, bias=bias)))
     layers.append(("readout", _readout(readout, neuron, neuron_kw)))
