@@ -12,6 +12,8 @@ r"""Encoders: static inputs ``[B, ...]`` in [0, 1] to time-first spike trains ``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from .errors import UserError
@@ -29,6 +31,13 @@ class _Encoder:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def steps(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """The code one step at a time (``[B, ...]`` per step), for the online trainers:
+        memory that does not grow with ``T``. Same distribution as :meth:`__call__`; the
+        random draws of sampled codes are made step by step, so they differ from the ones
+        :meth:`__call__` makes with the same generator."""
+        yield from self(x, generator)
+
 
 class RateEncoder(_Encoder):
     """Bernoulli rate code with probability ``gain * x`` per step."""
@@ -42,6 +51,14 @@ class RateEncoder(_Encoder):
         u = torch.rand((self.time_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         return (u < p).to(x.dtype)
 
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.gain * x).clamp(0, 1)
+
+    def steps(self, x, generator=None):
+        p = self.probability(x)
+        for _ in range(self.time_steps):
+            yield (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < p).to(x.dtype)
+
 
 class PoissonEncoder(RateEncoder):
     """Poisson spikes at ``x * max_rate`` Hz in bins of ``dt`` seconds."""
@@ -51,9 +68,13 @@ class PoissonEncoder(RateEncoder):
         self.max_rate, self.dt = max_rate, dt
 
     def __call__(self, x, generator=None):
-        p = 1 - torch.exp(-x.clamp(min=0) * self.max_rate * self.dt)
+        p = self.probability(x)
         u = torch.rand((self.time_steps, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         return (u < p).to(x.dtype)
+
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.exp(-x.clamp(min=0) * self.max_rate * self.dt)
 
 
 class LatencyEncoder(_Encoder):
@@ -79,6 +100,11 @@ class LatencyEncoder(_Encoder):
         steps = torch.arange(self.time_steps, device=x.device).view(-1, *([1] * x.dim()))
         return (steps == t.unsqueeze(0)).to(x.dtype)
 
+    def steps(self, x, generator=None):
+        t = self.spike_times(x)
+        for step in range(self.time_steps):
+            yield (t == step).to(x.dtype)
+
 
 class DirectEncoder(_Encoder):
     """The analogue input as a constant current for every step (no sampling)."""
@@ -86,12 +112,20 @@ class DirectEncoder(_Encoder):
     def __call__(self, x, generator=None):
         return x.unsqueeze(0).expand(self.time_steps, *x.shape)
 
+    def steps(self, x, generator=None):
+        for _ in range(self.time_steps):
+            yield x
+
 
 class EventPassthrough(_Encoder):
     """Event data ``[B, T, ...]`` (e.g. SHD frames) made time-first ``[T, B, ...]``."""
 
     def __call__(self, x, generator=None):
         return x.transpose(0, 1)
+
+    def steps(self, x, generator=None):
+        for t in range(x.shape[1]):
+            yield x[:, t]
 
 
 ENCODERS = {"rate": RateEncoder, "poisson": PoissonEncoder, "latency": LatencyEncoder,

@@ -309,7 +309,8 @@ class DenseGrad:
                 and output.requires_grad
             ):
                 return
-            x = inputs[0].detach()
+            elig = getattr(module, "eligibility", None)  # online trainers: the presynaptic trace
+            x = (elig.pre if elig is not None else inputs[0]).detach()
 
             def grad_hook(g):
                 dense = _weight_grad(layer, x, g.detach())

@@ -9,6 +9,10 @@ representation matrix, the weight-gradient projection) set ``capture = True``; t
 then keeps the last input in ``last_input`` (detached, ``[T, B, ...]``). Gradient
 transforms act on ``weight.grad`` after ``backward()``; the layer does not know which
 method is running. Sparse variants (mask + CSR) subclass these layers.
+
+Online trainers set ``eligibility`` (:class:`~neuroplastic.eligibility.Eligibility`) for
+one step: the product is the same, but the weight gradient is taken from the
+presynaptic trace it holds (:mod:`neuroplastic.eligibility`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .eligibility import Eligibility, traced_conv2d, traced_linear
 
 try:
     from neuroplastic.kernels import dispatch as _dispatch
@@ -37,6 +43,8 @@ class Synapse:
     capture: bool = False
     last_input: torch.Tensor | None = None
     mask_version: int = 0
+    #: set by online trainers for one step: the weight gradient uses ``eligibility.pre``
+    eligibility: Eligibility | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -87,6 +95,8 @@ class Linear(Synapse, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
+        if self.eligibility is not None:
+            return traced_linear(x, self.eligibility, self.effective_weight(), self.bias)
         route = self.route(x)
         if route in ("numba", "cuda"):
             y = _dispatch.sparse_linear(x, self.weight, self.mask, self._csr_cache, route)
@@ -129,6 +139,10 @@ class Conv2d(Synapse, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._keep(x)
+        if self.eligibility is not None:
+            pre = self.eligibility.pre.reshape(-1, *x.shape[2:])
+            elig = Eligibility(pre, self.eligibility.bias)
+            return _time_batched(lambda y: traced_conv2d(y, elig, self.effective_weight(), self.bias, self), x)
         return _time_batched(lambda y: self._conv_forward(y, self.effective_weight(), self.bias), x)
 
 

@@ -377,7 +377,11 @@ class HLOP(Plugin):
             mode = self.modes[n]
             if mode == "auto":
                 mode = self._cheaper_mode(layer, m)
-            if mode == "weight" or getattr(layer, "mask", None) is not None:
+            if (mode == "weight" or getattr(layer, "mask", None) is not None
+                    or not getattr(self.trainer, "graph_through_time", True)):
+                # online trainers (OTTT, e-prop, DSR) build no graph over the whole
+                # sequence, so the output gradient of one backward is not the layer's
+                # whole gradient: project weight.grad
                 # masked (sparse) layers: project the gradient autograd computed (already
                 # zero off the mask); the sparse plugin masks the result again after us
                 self._gout.pop(n, None)
