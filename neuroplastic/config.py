@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 from .errors import UserError
 from .plugins import options_for, parse_method
-from .training import TrainSettings
+from .trainers.base import TrainSettings
 
 __all__ = ["DataConfig", "ModelConfig", "RunConfig", "load_config", "config_from_dict", "revalidate", "to_toml"]
 
@@ -42,8 +42,8 @@ class DataConfig:
     permute_first: bool = False
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("digits", "mnist", "shd"):
-            raise UserError(f"data.dataset must be digits, mnist or shd, got {self.dataset!r}")
+        if self.dataset not in ("digits", "mnist", "shd", "cues"):
+            raise UserError(f"data.dataset must be digits, mnist, shd or cues, got {self.dataset!r}")
         if self.stream not in ("permuted", "split"):
             raise UserError(f"data.stream must be permuted or split, got {self.stream!r}")
         if self.tasks < 1:

@@ -30,7 +30,7 @@ from .network import SNN, cnn, mlp
 from .plugins import build_plugins
 from .records import TaskProbe
 from .runfile import checkpoint_name, write_run_h5
-from .training import Trainer
+from .trainers import make_trainer
 
 __all__ = ["build_model", "build_stream", "run_encoder", "run_method", "run", "format_table", "model_sparsity"]
 
@@ -109,6 +109,9 @@ class _Encoded:
     def __call__(self, x, generator=None):
         return self.encoder(self.reshape(x) if self.reshape else x, generator)
 
+    def steps(self, x, generator=None):
+        return self.encoder.steps(self.reshape(x) if self.reshape else x, generator)
+
 
 def run_encoder(cfg: RunConfig, stream, model: SNN) -> _Encoded:
     """The encoder a run feeds ``model`` with (conv nets get flat images reshaped first)."""
@@ -121,9 +124,7 @@ def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, 
     model = build_model(cfg, stream)
     encoder = run_encoder(cfg, stream, model)
     plugins = build_plugins(method, cfg.plugins)
-    if cfg.train.trainer != "bptt":
-        raise UserError(f"trainer {cfg.train.trainer!r} is not available yet; use bptt")
-    trainer = Trainer(model, encoder, cfg.train, plugins, cfg.device, cfg.seed, cfg.quiet)
+    trainer = make_trainer(model, encoder, cfg.train, plugins, cfg.device, cfg.seed, cfg.quiet)
     T = len(stream.tasks)
     baseline = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
     R: list[list[float]] = []
