@@ -11,9 +11,9 @@ pseudo-derivative. The eligibility vectors follow each neuron's own dynamics
 
 .. math::
     \epsilon^{pre}_t &= a\,\epsilon^{v}_{t-1} + g\,\xi_t, \qquad
-    \epsilon^{b}_t = \rho\,\epsilon^{b}_{t-1} + (1-\rho)\,e_{t-1},\\
+    \epsilon^{b}_t = \rho\,\epsilon^{b}_{t-1} + (1-\rho)\,e_{t-1},\
     e_t &= \psi_t\,(\epsilon^{pre}_t - \beta\,\epsilon^{b}_t), \qquad
-    \epsilon^{v}_t = \begin{cases}\epsilon^{pre}_t - z_t \beta \epsilon^{b}_t & \text{subtract reset}\\
+    \epsilon^{v}_t = \begin{cases}\epsilon^{pre}_t - z_t \beta \epsilon^{b}_t & \text{subtract reset}\
                      (1 - z_t)\,\epsilon^{pre}_t & \text{zero reset}\end{cases}
 
 (LIF: :math:`\beta = 0`; with the subtract reset :math:`e_{ji,t} = \psi_{j,t}\,\bar\xi_{i,t}`
@@ -48,6 +48,8 @@ from .base import Trainer
 
 __all__ = ["EpropTrainer"]
 
+_WINDOW_EPS = 1e-7
+
 
 def _vec(value, like: torch.Tensor) -> torch.Tensor:
     """A neuron parameter (scalar or per neuron) as a ``[N]`` tensor."""
@@ -59,7 +61,8 @@ def _vec(value, like: torch.Tensor) -> torch.Tensor:
 class _Layer:
     """The e-prop state of one hidden layer for one minibatch."""
 
-    def __init__(self, syn: Linear, neuron: LIF, B: int, feedback: torch.Tensor | None) -> None:
+    def __init__(self, syn: Linear, neuron: LIF, B: int, feedback: torch.Tensor | None,
+                 kappa: float, g_out: float) -> None:
         self.syn, self.neuron = syn, neuron
         self.rec = getattr(neuron, "rec", None)
         self.feedback = feedback  # [K, N] or None (symmetric: the readout weights)
@@ -86,7 +89,12 @@ class _Layer:
             self.e_v = torch.zeros_like(self.e_pre)
             self.e_b = torch.zeros_like(self.e_pre)
             self.e_last = torch.zeros_like(self.e_pre)
-        self.ebar = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
+        self.kappa, self.g_out = kappa, g_out
+        if self.factorised:
+            # pending steps: [psi_tau, xbar_tau, sum_{t >= tau} kappa^(t - tau) L_t, kappa^(t - tau)]
+            self.pending: list[list] = []
+        else:
+            self.ebar = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
         self.grad = torch.zeros(N, self.M, dtype=proto.dtype, device=proto.device)
         self.kept: list[torch.Tensor] = []
 
@@ -113,7 +121,7 @@ class _Layer:
             v = v_pre * (1 - z) + z * _vec(n.v_reset, self.v)
         if self.factorised:
             self.xbar = a[0] * self.xbar + g[0] * xi
-            e = psi.unsqueeze(2) * self.xbar.unsqueeze(1)
+            self.pending.append([psi, self.xbar, torch.zeros_like(psi), 1.0])
         else:
             e_pre = a.view(1, -1, 1) * self.e_v + g.view(1, -1, 1) * xi.unsqueeze(1)
             if self.adaptive:
@@ -124,16 +132,37 @@ class _Layer:
             else:
                 self.e_v = (1 - z).unsqueeze(2) * e_pre
             self.e_last = e
+            self.ebar.mul_(self.kappa).add_(e, alpha=self.g_out)
         self.v, self.b, self.z = v, b, z
-        self.e = e
         return z
 
-    def filter(self, kappa: float, g_o: float) -> None:
-        self.ebar = kappa * self.ebar + g_o * self.e
-
     def accumulate(self, signal: torch.Tensor) -> None:
-        """``grad += sum_b L_t ebar_t`` for the learning signal ``[B, N]``."""
-        self.grad += torch.einsum("bn,bnm->nm", signal, self.ebar)
+        r"""Add ``sum_b L_t ebar_t`` for the learning signal ``L_t [B, N]`` of this step.
+
+        Factorised layers never form ``ebar``: since
+        :math:`\sum_t L_t \bar e_t = \sum_\tau g_o (\psi_\tau \odot \tilde L_\tau)^\top \bar\xi_\tau`
+        with :math:`\tilde L_\tau = \sum_{t \ge \tau} \kappa^{t-\tau} L_t`, each step waits
+        until :math:`\kappa^{t-\tau} < 10^{-7}` (or the sequence ends) and is then added with
+        one ``[N, B] @ [B, M]`` product: a window of steps, constant in ``T``."""
+        if not self.factorised:
+            self.grad += torch.einsum("bn,bnm->nm", signal, self.ebar)
+            return
+        for entry in self.pending:
+            entry[2].add_(signal, alpha=entry[3])
+            entry[3] *= self.kappa
+        while self.pending and self.pending[0][3] < _WINDOW_EPS:
+            self._settle(self.pending.pop(0))
+
+    def _settle(self, entry: list) -> None:
+        psi, xbar, signal, _ = entry
+        self.grad.addmm_((psi * signal).T, xbar, alpha=self.g_out)
+
+    def finish(self) -> None:
+        """Settle the steps still waiting at the end of the sequence."""
+        if self.factorised:
+            for entry in self.pending:
+                self._settle(entry)
+            self.pending = []
 
     def write_grads(self) -> None:
         """Add the accumulated gradient to ``W`` (masked), ``W_rec`` (masked) and ``b``."""
@@ -195,9 +224,9 @@ class EpropTrainer(Trainer):
         T = self.encoder.time_steps
         x = x.to(self.device)
         B = x.shape[0]
-        state = [_Layer(syn, n, B, None if fb is None else fb.to(syn.weight))
-                 for (syn, n), fb in zip(self.pairs, self.random_feedback)]
         kappa, g_o = (float(c) for c in self.readout.coefficients())
+        state = [_Layer(syn, n, B, None if fb is None else fb.to(syn.weight), kappa, g_o)
+                 for (syn, n), fb in zip(self.pairs, self.random_feedback)]
         W_out = self.out_syn.effective_weight().detach()
         b_out = self.out_syn.bias.detach() if self.out_syn.bias is not None else None
         K_all = W_out.shape[0]
@@ -225,12 +254,11 @@ class EpropTrainer(Trainer):
                 err[:, lo:hi] = (p - onehot) / (T * B)  # the gradient of the batch-mean loss
                 zbar = kappa * zbar + g_o * torch.cat([h, torch.ones_like(h[:, :1])], 1)
                 g_out += err.T @ zbar
-                for j, layer in enumerate(state):
-                    layer.filter(kappa, g_o)
-                    fb = W_out if layer.feedback is None else layer.feedback
-                    layer.accumulate(err @ fb)
+                for layer in state:
+                    layer.accumulate(err @ (W_out if layer.feedback is None else layer.feedback))
                 steps += 1
         for layer in state:
+            layer.finish()
             layer.write_grads()
             if id(layer.syn) in captures:
                 layer.syn.last_input = torch.stack(captures[id(layer.syn)])
