@@ -144,3 +144,21 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     assert main(["run", "--out", str(blocker / "run"), "--tasks", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("neuroplastic: error:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("trainer", ["online", "eprop", "dsr"])
+def test_run_with_every_trainer_and_plugins(tiny_config, tmp_path, capsys, trainer):
+    """`neuroplastic run --method hlop --trainer online` runs like any other method (and the
+    other strategies with a projection and a sparse plugin), into the same run directory."""
+    out = tmp_path / trainer
+    methods = "hlop" if trainer == "online" else "hlop+granet"
+    sparsity = [] if trainer == "online" else ["--sparsity", "0.5"]
+    assert main(["run", str(tiny_config), "--method", methods, "--trainer", trainer, *sparsity,
+                 "--out", str(out)]) == 0
+    assert methods in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["acc_matrix"]) == 2
+    assert 'trainer = "' + ("ottt" if trainer == "online" else trainer) + '"' in (out / "config.toml").read_text()
+    with h5py.File(out / "run.h5") as f:
+        losses = f["losses/task_0"][()]
+    assert losses[-2:].mean() < losses[:2].mean()  # it learned something

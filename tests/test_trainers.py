@@ -353,3 +353,21 @@ def test_every_trainer_learns_digits_close_to_bptt(name, digits_accuracy, one_th
     ref = digits_accuracy("bptt")
     assert ref > 85
     assert digits_accuracy(name) > ref - 5, (name, digits_accuracy(name), ref)
+
+
+def test_eprop_feeds_the_plugins_hooks(batch):
+    """e-prop computes products without calling the modules: it still hands sparse plugins
+    the dense gradient (masked positions included) and neuron hooks their spikes."""
+    from neuroplastic.dormant import FiringRateMonitor
+
+    x, y = batch
+    net = _net(recurrent=True)
+    mask = torch.rand(16, D, generator=torch.Generator().manual_seed(2)) < 0.3
+    net.layers["fc1"].set_mask(mask)
+    monitor = FiringRateMonitor(net.neurons())
+    tr = make_trainer(net, make_encoder("direct", 5), TrainSettings(trainer="eprop", time_steps=5), quiet=True)
+    tr.train_step(x, y, None)
+    assert set(tr.dense_grads) == {"fc1", "lif1.rec", "fc2"}
+    dense = tr.dense_grads["fc1"]
+    assert (dense[~mask] != 0).any() and torch.allclose(net.layers["fc1"].weight.grad, dense * mask)
+    assert monitor.counts["lif1"] == 5 * B

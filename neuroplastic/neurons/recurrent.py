@@ -92,7 +92,7 @@ def recurrent_current(x: torch.Tensor, z_prev: torch.Tensor, w_rec: torch.Tensor
     return x + TF.linear(z_prev.detach() if detach else z_prev, w_rec)
 
 
-def _call_forward_hooks(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+def call_forward_hooks(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
     """Call ``module``'s forward hooks as ``module(*inputs)`` returning ``output`` would."""
     for hid, hook in list(module._forward_hooks.items()):
         if hid in module._forward_hooks_with_kwargs:
@@ -175,7 +175,7 @@ class _Recurrent:
                     with torch.no_grad():
                         tap.copy_(currents)  # values for the hooks; the sums above saved nothing
                     currents = tap
-                _call_forward_hooks(self.rec, (pre,), currents)
+                call_forward_hooks(self.rec, (pre,), currents)
         return torch.stack(zs)
 
     def extra_repr(self) -> str:

@@ -557,7 +557,8 @@ class SparseTraining(Plugin):
     def _regenerate(self, r: float) -> tuple[int, int, int]:
         o = self.opts
         masks = self._masks()
-        grads = self.dense_grad.grads if self.dense_grad is not None else {}
+        grads = dict(getattr(self.trainer, "dense_grads", {}))  # graph-free trainers (e-prop)
+        grads.update(self.dense_grad.grads if self.dense_grad is not None else {})
         grown_total = dorm_total = dormant_neurons = 0
         for n, m in self.layers:
             mask = masks[n]

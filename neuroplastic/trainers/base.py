@@ -122,6 +122,10 @@ class Trainer:
         self.inputs: torch.Tensor | None = None  # the encoded minibatch of the last full forward
         self.targets: torch.Tensor | None = None
         self.head: int | None = None
+        #: dense weight gradients (masked positions included) by synapse name, from
+        #: trainers that compute products without calling the synapse modules (e-prop);
+        #: sparse plugins that regrow by gradient read them (cleared every step)
+        self.dense_grads: dict[str, torch.Tensor] = {}
         self.check_model()
         self.optimizer = make_optimizer(self.model.parameters(), settings)
         self.plugins.setup(self)
@@ -160,6 +164,7 @@ class Trainer:
         self.targets, self.head = y.to(self.device), head
         self.plugins.before_forward()
         self.optimizer.zero_grad(set_to_none=True)
+        self.dense_grads = {}
         loss = self.compute_gradients(x, head)
         self.plugins.after_backward()
         self.optimizer.step()

@@ -132,9 +132,9 @@ class DSRTrainer(Trainer):
         else:
             c = readout_coefficients(layers[-1][1], T, self.settings.decoder).to(s_last)
             p = torch.tensordot(c, s_last, dims=([0], [0]))
-            w = last.effective_weight()
-            z = F.linear(p, w) + (c.sum() * last.bias if last.bias is not None else 0.0)
-            z = z + c.sum() * F.linear(r - r.detach(), w.detach())
+            # through the module, so its hooks see the product (GraNet's dense gradient)
+            z = last(p.unsqueeze(0))[0] + ((c.sum() - 1) * last.bias if last.bias is not None else 0.0)
+            z = z + c.sum() * F.linear(r - r.detach(), last.effective_weight().detach())
             if last.capture:
                 last.last_input = r.detach().unsqueeze(0)
         if head is not None and model.n_heads > 1:

@@ -43,6 +43,7 @@ import torch
 from ..errors import UserError
 from ..neurons import ALIF, IF, LI, LIF, Neuron
 from ..neurons import functional as NF
+from ..neurons.recurrent import call_forward_hooks
 from ..synapses import Linear, is_synapse
 from .base import Trainer
 
@@ -164,12 +165,16 @@ class _Layer:
                 self._settle(entry)
             self.pending = []
 
-    def write_grads(self) -> None:
-        """Add the accumulated gradient to ``W`` (masked), ``W_rec`` (masked) and ``b``."""
+    def write_grads(self) -> dict[str, torch.Tensor]:
+        """Add the accumulated gradient to ``W`` (masked), ``W_rec`` (masked) and ``b``;
+        return the dense weight gradients (``"syn"``, ``"rec"``) before masking."""
         _add_grad(self.syn.weight, self.grad[:, :self.n_in], self.syn.mask)
+        dense = {"syn": self.grad[:, :self.n_in]}
         if self.rec is not None:
             _add_grad(self.rec.weight, self.grad[:, self.n_in:-1], self.rec.mask)
+            dense["rec"] = self.grad[:, self.n_in:-1]
         _add_grad(self.syn.bias, self.grad[:, -1], None)
+        return dense
 
 
 def _add_grad(p: torch.Tensor | None, g: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -206,6 +211,8 @@ class EpropTrainer(Trainer):
             elif any(p.requires_grad for p in neuron.parameters(recurse=False)):
                 raise UserError(f"the eprop trainer does not learn neuron parameters (layer {nn_!r})")
         self.pairs = [(layers[i][1], layers[i + 1][1]) for i in range(0, len(layers) - 2, 2)]
+        self.pair_names = [(layers[i][0], layers[i + 1][0]) for i in range(0, len(layers) - 2, 2)]
+        self.out_name = layers[-2][0]
         self.out_syn, self.readout = layers[-2][1], layers[-1][1]
         gen = torch.Generator().manual_seed(self.seed + 7919)
         K = self.out_syn.out_features
@@ -246,6 +253,9 @@ class EpropTrainer(Trainer):
                     if id(layer.syn) in captures:
                         captures[id(layer.syn)].append(h)
                     h = layer.step(h)
+                    # the layers' forward hooks see the step as a forward call would (the
+                    # dormant monitor's firing rates)
+                    call_forward_hooks(layer.neuron, (h.unsqueeze(0),), h.unsqueeze(0))
                 o = kappa * o + (1 - kappa) * float(self.readout.v_leak) + g_o * torch.nn.functional.linear(h, W_out, b_out)
                 logits = o[:, lo:hi]
                 p = torch.softmax(logits, 1)
@@ -257,12 +267,16 @@ class EpropTrainer(Trainer):
                 for layer in state:
                     layer.accumulate(err @ (W_out if layer.feedback is None else layer.feedback))
                 steps += 1
-        for layer in state:
+        for layer, (syn_name, neuron_name) in zip(state, self.pair_names):
             layer.finish()
-            layer.write_grads()
+            dense = layer.write_grads()
+            self.dense_grads[syn_name] = dense["syn"]
+            if "rec" in dense:
+                self.dense_grads[f"{neuron_name}.rec"] = dense["rec"]
             if id(layer.syn) in captures:
                 layer.syn.last_input = torch.stack(captures[id(layer.syn)])
         _add_grad(self.out_syn.weight, g_out[:, :-1], self.out_syn.mask)
+        self.dense_grads[self.out_name] = g_out[:, :-1]
         _add_grad(self.out_syn.bias, g_out[:, -1], None)
         self.add_penalty()
         return torch.tensor(total * T / max(steps, 1))
