@@ -29,21 +29,35 @@ __all__ = ["Eligibility", "traced_linear", "traced_conv2d"]
 @dataclass
 class Eligibility:
     """The signal a weight gradient is computed from: ``pre`` (shape of the layer input)
-    and ``bias`` (the trace :math:`c_t` of the bias's constant input)."""
+    and ``bias``, the trace :math:`c_t` of the bias's constant input: a number, or one
+    value per leading index of the input (per time step of a ``[T, B, ...]`` chunk)."""
 
     pre: torch.Tensor
-    bias: float = 1.0
+    bias: float | torch.Tensor = 1.0
 
 
-def _bias_grad(g: torch.Tensor, dims: tuple[int, ...], scale: float) -> torch.Tensor:
-    return g.sum(dims) * scale
+def _bias_grad(g: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """:math:`\sum_{rows} c_{row}\, g_{row}` over every dim but the channel dim 1 (conv) or
+    the last (linear) -- ``g`` is ``[rows, C]`` or ``[rows, C, H, W]``."""
+    per_row = g.reshape(g.shape[0], g.shape[1], -1).sum(2)
+    if isinstance(scale, torch.Tensor):
+        return (per_row * scale.to(g).reshape(-1, 1)).sum(0)
+    return per_row.sum(0) * scale
+
+
+def _bias_rows(scale, lead: int, rows: int):
+    """A per-time-step bias trace ``[T]`` repeated for the ``rows // T`` samples of each step."""
+    if isinstance(scale, torch.Tensor) and scale.numel() > 1:
+        return scale.repeat_interleave(rows // lead) if scale.numel() == lead else scale
+    return float(scale) if isinstance(scale, torch.Tensor) else scale
 
 
 class _TracedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pre, weight, bias, bias_scale):  # type: ignore[override]
         ctx.save_for_backward(pre, weight)
-        ctx.bias_scale = bias_scale
+        rows = x.numel() // x.shape[-1]
+        ctx.bias_scale = _bias_rows(bias_scale, x.shape[0] if x.dim() > 2 else rows, rows)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -56,7 +70,7 @@ class _TracedLinear(torch.autograd.Function):
             gw = g.reshape(-1, g.shape[-1]).T @ pre.reshape(-1, pre.shape[-1]).to(g.dtype)
         gb = None
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            gb = _bias_grad(g.reshape(-1, g.shape[-1]), (0,), ctx.bias_scale)
+            gb = _bias_grad(g.reshape(-1, g.shape[-1]), ctx.bias_scale)
         return gx, None, gw, gb, None
 
 
@@ -79,14 +93,14 @@ class _TracedConv2d(torch.autograd.Function):
             gw = torch.nn.grad.conv2d_weight(pre.to(g.dtype), weight.shape, g, c.stride, c.padding, c.dilation,
                                              c.groups)
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            gb = _bias_grad(g, (0, 2, 3), ctx.bias_scale)
+            gb = _bias_grad(g, ctx.bias_scale)
         return gx, None, gw, gb, None, None
 
 
 def traced_linear(x: torch.Tensor, elig: Eligibility, weight: torch.Tensor,
                   bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` whose weight gradient is :math:`\\delta^\\top` ``elig.pre``."""
-    return _TracedLinear.apply(x, elig.pre.detach(), weight, bias, float(elig.bias))
+    return _TracedLinear.apply(x, elig.pre.detach(), weight, bias, elig.bias)
 
 
 def traced_conv2d(x: torch.Tensor, elig: Eligibility, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -95,4 +109,4 @@ def traced_conv2d(x: torch.Tensor, elig: Eligibility, weight: torch.Tensor, bias
     is taken from ``elig.pre`` (same shape as ``x``)."""
     if conv.padding_mode != "zeros":
         raise ValueError("traced convolutions need padding_mode='zeros'")
-    return _TracedConv2d.apply(x, elig.pre.detach(), weight, bias, float(elig.bias), conv)
+    return _TracedConv2d.apply(x, elig.pre.detach(), weight, bias, elig.bias, conv)

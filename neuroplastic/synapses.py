@@ -141,7 +141,8 @@ class Conv2d(Synapse, nn.Conv2d):
         self._keep(x)
         if self.eligibility is not None:
             pre = self.eligibility.pre.reshape(-1, *x.shape[2:])
-            elig = Eligibility(pre, self.eligibility.bias)
+            c = self.eligibility.bias  # per time step: repeat for the B images of each step
+            elig = Eligibility(pre, c.repeat_interleave(x.shape[1]) if isinstance(c, torch.Tensor) else c)
             return _time_batched(lambda y: traced_conv2d(y, elig, self.effective_weight(), self.bias, self), x)
         return _time_batched(lambda y: self._conv_forward(y, self.effective_weight(), self.bias), x)
 

@@ -54,6 +54,8 @@ class TrainSettings:
     time; ``online`` is an alias), ``eprop`` (e-prop, recurrent networks) or ``dsr``
     (differentiation on spike representation). ``feedback`` is e-prop's learning-signal
     path: ``symmetric`` (the readout weights) or ``random`` (fixed random matrices).
+    ``chunk``: OTTT's steps per backward pass (memory grows with it, not with ``T``; the
+    gradient does not depend on it).
     """
 
     trainer: str = "bptt"
@@ -68,13 +70,14 @@ class TrainSettings:
     decoder: str = "mean"
     eval_batch_size: int = 512
     feedback: str = "symmetric"
+    chunk: int = 16
 
     def __post_init__(self) -> None:
         self.trainer = ALIASES.get(self.trainer, self.trainer)
         if self.trainer not in TRAINER_NAMES:
             raise UserError(f"train.trainer must be one of {', '.join(TRAINER_NAMES)} (or online = ottt), "
                             f"got {self.trainer!r}")
-        for key in ("epochs", "batch_size", "time_steps", "eval_batch_size"):
+        for key in ("epochs", "batch_size", "time_steps", "eval_batch_size", "chunk"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise UserError(f"train.{key} must be a positive integer, got {getattr(self, key)!r}")
         if not (isinstance(self.lr, int | float) and self.lr > 0):

@@ -11,31 +11,103 @@ the weight gradient of every layer is taken from the trace
 .. math:: \nabla_W L = \sum_t \delta_t \hat a_t^\top, \qquad
           \delta_t = \partial L_t / \partial I_t \ \text{(spatial backprop at step } t)
 
-accumulated in ``weight.grad`` step after step (OTTT-A: one optimizer step per
-minibatch). No graph is kept across steps, so memory does not grow with ``T``; the input
-is encoded step by step (:meth:`~neuroplastic.encoders._Encoder.steps`) for the same
-reason. With ``T = 1`` the gradient equals BPTT's exactly; for the readout weights it
-is the exact gradient of :math:`\sum_t L_t` (the LI readout is linear).
+accumulated in ``weight.grad`` (OTTT-A: one optimizer step per minibatch).
+
+The steps are processed in chunks of ``chunk`` steps (``[train] chunk``, default 16):
+each layer runs the chunk at once (one batched product, the multi-step neuron kernel,
+no graph), and the neuron's dependence on its past is cut by a straight-through form
+with the *local* derivative of one step, :math:`\hat z_t = z_t + \psi_t\,g\,(I_t - \mathrm{sg}(I_t))`
+(:math:`\psi_t = \sigma'(v^{pre}_t - \vartheta)`, :math:`g` the input gain; the LI readout
+:math:`\hat o_t = o_t + g (I_t - \mathrm{sg}(I_t))`): exactly the gradient of the step-by-step
+algorithm, whatever the chunk (tested), with one backward per chunk. Memory grows with
+the chunk, not with ``T``; the input is encoded step by step
+(:meth:`~neuroplastic.encoders._Encoder.steps`) for the same reason. With ``T = 1`` the
+gradient equals BPTT's exactly; for the readout weights it is the exact gradient of
+:math:`\sum_t L_t` (the LI readout is linear).
 
 Plugins see the traces as the presynaptic activity: a layer with ``capture`` gets
 ``last_input = [\hat a_0, ..., \hat a_{T-1}]`` after the step (HLOP's Hebbian rule on
 traces, as in the paper's OTTT path; this record does grow with ``T``). Sparse layers
-multiply their gradient by the mask (gradient on existing synapses only). Recurrent
-layers are refused (use ``eprop`` or ``bptt``).
+multiply their gradient by the mask (gradient on existing synapses only). LIF, IF and
+CubaLIF layers with fixed parameters; recurrent and adaptive layers are refused (use
+``eprop`` or ``bptt``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from ..eligibility import Eligibility
-from ..neurons import Neuron
+from ..neurons import IF, LI, LIF, CubaLI, CubaLIF, Neuron
 from ..synapses import is_synapse
 from .base import Trainer
-from .stepping import detach_state, per_step_loss, postsynaptic_leaks
+from .stepping import postsynaptic_leaks
 
 __all__ = ["OTTTTrainer"]
+
+_LOCAL = (LIF, IF, CubaLIF, LI, CubaLI)
+
+
+def _chunks(steps: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Stack consecutive steps ``[B, ...]`` into chunks ``[k, B, ...]`` of ``size`` (the
+    last may be shorter)."""
+    buf: list[torch.Tensor] = []
+    for s in steps:
+        buf.append(s)
+        if len(buf) == size:
+            yield torch.stack(buf)
+            buf = []
+    if buf:
+        yield torch.stack(buf)
+
+
+def _scan(s: torch.Tensor, a: torch.Tensor | None, c: float, lam: float):
+    """Presynaptic traces over a chunk: :math:`a_t = \lambda a_{t-1} + s_t` (``[k, B, ...]``)
+    and the bias traces :math:`c_t = \lambda c_{t-1} + 1` (``[k]``)."""
+    out, cs = [], []
+    for t in range(s.shape[0]):
+        a = s[t] if a is None else lam * a + s[t]
+        c = lam * c + 1.0
+        out.append(a)
+        cs.append(c)
+    return torch.stack(out), a, torch.tensor(cs, dtype=s.dtype, device=s.device), c
+
+
+def _local_gain(layer: Neuron):
+    """:math:`\partial v^{pre}_t / \partial I_t` at fixed past: the input gain (times the
+    current synapse's gain for the Cuba neurons)."""
+    _, g = layer.coefficients()
+    if isinstance(layer, CubaLIF | CubaLI):
+        g = g * layer.synapse_coefficients()[1]
+    return g
+
+
+def _through_one_step(layer: Neuron, current: torch.Tensor) -> torch.Tensor:
+    """Run a neuron layer over a chunk without a graph; return its output with the
+    derivative of one step only (straight-through, see the module docstring)."""
+    with torch.no_grad():
+        record = layer.record
+        layer.record = layer.spiking
+        try:
+            out = layer(current.detach())
+            v_pre = layer.v_trace
+        finally:
+            layer.record = record
+            if not record:
+                layer.v_trace = None
+    g = _local_gain(layer)
+    if isinstance(g, torch.Tensor):
+        g = g.to(current)
+    delta = current - current.detach()
+    if not layer.spiking:
+        return out + g * delta
+    v_th = layer.v_th.to(current) if isinstance(layer.v_th, torch.Tensor) else layer.v_th
+    psi = layer.surrogate.grad(v_pre - v_th)
+    return out + psi * g * delta
 
 
 class OTTTTrainer(Trainer):
@@ -48,6 +120,12 @@ class OTTTTrainer(Trainer):
             if hasattr(layer, "rec"):
                 raise UserError(f"the ottt trainer trains feed-forward networks; layer {name!r} is recurrent "
                                 "(use --trainer eprop or bptt)")
+            if isinstance(layer, Neuron):
+                if type(layer) not in _LOCAL:
+                    raise UserError(f"the ottt trainer supports lif, if and cubalif neurons; layer {name!r} is "
+                                    f"{type(layer).__name__} (use --trainer bptt)")
+                if any(p.requires_grad for p in layer.parameters(recurse=False)):
+                    raise UserError(f"the ottt trainer does not learn neuron parameters (layer {name!r})")
         self.leaks = postsynaptic_leaks(self.model)
 
     def compute_gradients(self, x: torch.Tensor, head: int | None) -> torch.Tensor:
@@ -55,42 +133,39 @@ class OTTTTrainer(Trainer):
         model.reset()
         layers = list(model.layers.items())
         T = self.encoder.time_steps
-        traces: dict[str, torch.Tensor] = {}
+        traces: dict[str, torch.Tensor | None] = {}
         bias_trace: dict[str, float] = {}
         kept: dict[str, list[torch.Tensor]] = {n: [] for n, m in layers if is_synapse(m) and m.capture}
         total = torch.zeros(())
         steps = 0
         try:
-            for s in self.encoder.steps(x.to(self.device), self.generator):
-                h = s.unsqueeze(0)
+            for h in _chunks(self.encoder.steps(x.to(self.device), self.generator), self.settings.chunk):
+                k = h.shape[0]
                 for name, layer in layers:
                     if is_synapse(layer):
-                        lam = self.leaks[name]
-                        pre = h.detach()
-                        traces[name] = pre if name not in traces else lam * traces[name] + pre
-                        bias_trace[name] = 1.0 + lam * bias_trace.get(name, 0.0)
-                        layer.eligibility = Eligibility(traces[name], bias_trace[name])
+                        pre, traces[name], c, bias_trace[name] = _scan(
+                            h.detach(), traces.get(name), bias_trace.get(name, 0.0), self.leaks[name])
+                        layer.eligibility = Eligibility(pre, c)
                         h = layer(h)
                         layer.eligibility = None
                         if name in kept:
-                            kept[name].append(traces[name][0])
+                            kept[name].append(pre)
+                    elif isinstance(layer, Neuron):
+                        h = _through_one_step(layer, h)
                     else:
                         h = layer(h)
-                out = h[0]
                 if head is not None and model.n_heads > 1:
-                    out = out[..., head * model.n_out:(head + 1) * model.n_out]
-                loss = per_step_loss(out, self.targets, T)
+                    h = h[..., head * model.n_out:(head + 1) * model.n_out]
+                # sum over the chunk's steps of CE(o_t, y) / T
+                loss = F.cross_entropy(h.reshape(-1, h.shape[-1]), self.targets.repeat(k)) * (k / T)
                 loss.backward()
                 total = total + loss.detach()
-                for m in model.modules():
-                    if isinstance(m, Neuron):
-                        detach_state(m)
-                steps += 1
+                steps += k
         finally:
             for _, layer in layers:
                 if is_synapse(layer):
                     layer.eligibility = None
-        for name, rows in kept.items():
-            model.layers[name].last_input = torch.stack(rows)
+        for name, chunks in kept.items():
+            model.layers[name].last_input = torch.cat(chunks)
         self.add_penalty()
         return total * (T / max(steps, 1))
