@@ -37,7 +37,7 @@ class Eligibility:
 
 
 def _bias_grad(g: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """:math:`\sum_{rows} c_{row}\, g_{row}` over every dim but the channel dim 1 (conv) or
+    r""":math:`\sum_{rows} c_{row}\, g_{row}` over every dim but the channel dim 1 (conv) or
     the last (linear) -- ``g`` is ``[rows, C]`` or ``[rows, C, H, W]``."""
     per_row = g.reshape(g.shape[0], g.shape[1], -1).sum(2)
     if isinstance(scale, torch.Tensor):

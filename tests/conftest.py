@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -31,3 +35,33 @@ def make_run(tmp_path_factory):
         return out
 
     return make
+
+
+def write_shd(path: Path, times, units, labels) -> None:
+    """A Spiking Heidelberg Digits file: per sample, spike ``times`` (s) and ``units``."""
+    with h5py.File(path, "w") as f:
+        ft = h5py.vlen_dtype(np.float32)
+        fu = h5py.vlen_dtype(np.uint16)
+        g = f.create_group("spikes")
+        dt = g.create_dataset("times", (len(times),), dtype=ft)
+        du = g.create_dataset("units", (len(units),), dtype=fu)
+        for i, (t, u) in enumerate(zip(times, units)):
+            dt[i] = np.asarray(t, dtype=np.float32)
+            du[i] = np.asarray(u, dtype=np.uint16)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
+
+
+@pytest.fixture
+def shd_dir(tmp_path):
+    """Tiny ``shd_train.h5`` / ``shd_test.h5`` (3 and 1 samples)."""
+    times = [[0.0, 0.05, 0.051, 0.95, 1.0, 1.2], [0.5], []]
+    units = [[0, 3, 3, 699, 10, 5], [42], []]
+    write_shd(tmp_path / "shd_train.h5", times, units, [1, 19, 0])
+    write_shd(tmp_path / "shd_test.h5", [[0.25]], [[7]], [4])
+    return tmp_path
+
+
+@pytest.fixture
+def shd_writer():
+    """The SHD file writer, for tests that need their own samples."""
+    return write_shd

@@ -224,28 +224,6 @@ def test_load_mnist_npz_errors(tmp_path):
 # --------------------------------------------------------------------------- SHD
 
 
-def write_shd(path: Path, times, units, labels) -> None:
-    with h5py.File(path, "w") as f:
-        ft = h5py.vlen_dtype(np.float32)
-        fu = h5py.vlen_dtype(np.uint16)
-        g = f.create_group("spikes")
-        dt = g.create_dataset("times", (len(times),), dtype=ft)
-        du = g.create_dataset("units", (len(units),), dtype=fu)
-        for i, (t, u) in enumerate(zip(times, units)):
-            dt[i] = np.asarray(t, dtype=np.float32)
-            du[i] = np.asarray(u, dtype=np.uint16)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
-
-
-@pytest.fixture
-def shd_dir(tmp_path):
-    times = [[0.0, 0.05, 0.051, 0.95, 1.0, 1.2], [0.5], []]
-    units = [[0, 3, 3, 699, 10, 5], [42], []]
-    write_shd(tmp_path / "shd_train.h5", times, units, [1, 19, 0])
-    write_shd(tmp_path / "shd_test.h5", [[0.25]], [[7]], [4])
-    return tmp_path
-
-
 def test_load_shd_binning(shd_dir):
     train, test = load_shd(shd_dir, time_steps=10, max_time=1.0)
     assert train.x.shape == (3, 10, 700) and test.x.shape == (1, 10, 700)

@@ -174,6 +174,15 @@ def test_eprop_equals_bptt_without_recurrent_paths(case, batch):
     _close(_grads(_net(**kw), "eprop", x, y, T), _bptt_per_step(ref, x, y, T))
 
 
+def test_eprop_long_sequence_settles_steps_in_a_window(batch):
+    """T = 60 steps with a readout decay of 0.61: steps leave the ring of pending steps
+    once kappa^(t - tau) < 1e-7; the gradient still matches BPTT's (to that cut-off)."""
+    x, y = batch
+    e, ref = _grads(_net(tau_mem=2e-3), "eprop", x, y, 60), _bptt_per_step(_net(tau_mem=2e-3), x, y, 60)
+    for k in ref:
+        assert torch.allclose(e[k], ref[k], rtol=1e-5, atol=1e-9), k
+
+
 def test_eprop_ignores_recurrent_paths_that_bptt_follows(batch):
     x, y = batch
     kw = EPROP_CASES["recurrent-lif"]
@@ -387,3 +396,33 @@ def test_eprop_feeds_the_plugins_hooks(batch):
     dense = tr.dense_grads["fc1"]
     assert (dense[~mask] != 0).any() and torch.allclose(net.layers["fc1"].weight.grad, dense * mask)
     assert monitor.counts["lif1"] == 5 * B
+
+
+@pytest.mark.parametrize("trainer", ["ottt", "eprop"])
+def test_online_trainers_learn_shd_format_events(trainer, tmp_path, shd_writer):
+    """Event data in the Spiking Heidelberg Digits format (files a user has on disk), run by
+    the continual runner with an online trainer: class 0 fires low channels early, class 1
+    high channels late."""
+    from neuroplastic.config import config_from_dict
+    from neuroplastic.continual import run
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 60), ("test", 20)):
+        times, units, labels = [], [], []
+        for i in range(n):
+            label = i % 2
+            k = 200
+            t0 = 0.1 if label == 0 else 0.6
+            times.append((t0 + 0.3 * torch.rand(k, generator=g)).tolist())
+            base = 0 if label == 0 else 50
+            units.append((base + torch.randint(0, 50, (k,), generator=g)).tolist())
+            labels.append(label)
+        shd_writer(tmp_path / f"shd_{split}.h5", times, units, labels)
+    cfg = config_from_dict({
+        "methods": ["finetune"], "seed": 0, "quiet": True, "out": str(tmp_path / "run"),
+        "data": {"dataset": "shd", "data_dir": str(tmp_path), "tasks": 1},
+        "model": {"hidden": [32], "tau_mem": 0.02, "readout_tau": 0.02},
+        "train": {"trainer": trainer, "epochs": 5, "batch_size": 10, "lr": 0.01, "optimizer": "adam"},
+    })
+    result = run(cfg, echo=lambda *_: None)["finetune"]
+    assert result["acc"] >= 90

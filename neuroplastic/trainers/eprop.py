@@ -38,13 +38,15 @@ Memory: ``[B, N, M]`` traces per layer, constant in ``T``. ``capture`` layers ge
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import UserError
-from ..neurons import ALIF, IF, LI, LIF, Neuron
+from ..neurons import ALIF, IF, LI, LIF
 from ..neurons import functional as NF
 from ..neurons.recurrent import call_forward_hooks
-from ..synapses import Linear, is_synapse
+from ..synapses import Linear
 from .base import Trainer
 
 __all__ = ["EpropTrainer"]
@@ -63,7 +65,7 @@ class _Layer:
     """The e-prop state of one hidden layer for one minibatch."""
 
     def __init__(self, syn: Linear, neuron: LIF, B: int, feedback: torch.Tensor | None,
-                 kappa: float, g_out: float) -> None:
+                 kappa: float, g_out: float, T: int) -> None:
         self.syn, self.neuron = syn, neuron
         self.rec = getattr(neuron, "rec", None)
         self.feedback = feedback  # [K, N] or None (symmetric: the readout weights)
@@ -92,8 +94,15 @@ class _Layer:
             self.e_last = torch.zeros_like(self.e_pre)
         self.kappa, self.g_out = kappa, g_out
         if self.factorised:
-            # pending steps: [psi_tau, xbar_tau, sum_{t >= tau} kappa^(t - tau) L_t, kappa^(t - tau)]
-            self.pending: list[list] = []
+            # a ring of W pending steps: psi_tau, xbar_tau, sum_{t >= tau} kappa^(t - tau) L_t
+            # and kappa^(t - tau) (0 for a free slot)
+            W = 1 if kappa <= 0 else max(1, min(T, math.ceil(math.log(_WINDOW_EPS) / math.log(kappa)) + 1))
+            self.ring_psi = torch.zeros(W, B, N, dtype=proto.dtype, device=proto.device)
+            self.ring_xbar = torch.zeros(W, B, self.M, dtype=proto.dtype, device=proto.device)
+            self.ring_signal = torch.zeros(W, B, N, dtype=proto.dtype, device=proto.device)
+            self.ring_weight = torch.zeros(W, dtype=proto.dtype, device=proto.device)
+            self.ring_live = torch.zeros(W, dtype=torch.bool, device=proto.device)
+            self.pushed = 0
         else:
             self.ebar = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
         self.grad = torch.zeros(N, self.M, dtype=proto.dtype, device=proto.device)
@@ -122,7 +131,16 @@ class _Layer:
             v = v_pre * (1 - z) + z * _vec(n.v_reset, self.v)
         if self.factorised:
             self.xbar = a[0] * self.xbar + g[0] * xi
-            self.pending.append([psi, self.xbar, torch.zeros_like(psi), 1.0])
+            W = self.ring_weight.shape[0]
+            slot = self.pushed % W
+            if self.pushed >= W:  # the oldest step's filter weight is below the cut-off: add it
+                self._settle(slot)
+            self.ring_psi[slot] = psi
+            self.ring_xbar[slot] = self.xbar
+            self.ring_signal[slot] = 0.0
+            self.ring_weight[slot] = 1.0
+            self.ring_live[slot] = True
+            self.pushed += 1
         else:
             e_pre = a.view(1, -1, 1) * self.e_v + g.view(1, -1, 1) * xi.unsqueeze(1)
             if self.adaptive:
@@ -142,28 +160,27 @@ class _Layer:
 
         Factorised layers never form ``ebar``: since
         :math:`\sum_t L_t \bar e_t = \sum_\tau g_o (\psi_\tau \odot \tilde L_\tau)^\top \bar\xi_\tau`
-        with :math:`\tilde L_\tau = \sum_{t \ge \tau} \kappa^{t-\tau} L_t`, each step waits
-        until :math:`\kappa^{t-\tau} < 10^{-7}` (or the sequence ends) and is then added with
-        one ``[N, B] @ [B, M]`` product: a window of steps, constant in ``T``."""
+        with :math:`\tilde L_\tau = \sum_{t \ge \tau} \kappa^{t-\tau} L_t`, each step waits in
+        a ring of ``W`` steps until :math:`\kappa^{t-\tau} < 10^{-7}` (or the sequence ends) and
+        is then added with one ``[N, B] @ [B, M]`` product: ``W`` is fixed by
+        :math:`\kappa` (at most ``T``), so memory is constant in ``T``."""
         if not self.factorised:
             self.grad += torch.einsum("bn,bnm->nm", signal, self.ebar)
             return
-        for entry in self.pending:
-            entry[2].add_(signal, alpha=entry[3])
-            entry[3] *= self.kappa
-        while self.pending and self.pending[0][3] < _WINDOW_EPS:
-            self._settle(self.pending.pop(0))
+        self.ring_signal.add_(self.ring_weight.view(-1, 1, 1) * signal.unsqueeze(0))
+        self.ring_weight.mul_(self.kappa)
 
-    def _settle(self, entry: list) -> None:
-        psi, xbar, signal, _ = entry
-        self.grad.addmm_((psi * signal).T, xbar, alpha=self.g_out)
+    def _settle(self, slot: int) -> None:
+        self.grad.addmm_((self.ring_psi[slot] * self.ring_signal[slot]).T, self.ring_xbar[slot], alpha=self.g_out)
+        self.ring_weight[slot] = 0.0
+        self.ring_live[slot] = False
 
     def finish(self) -> None:
-        """Settle the steps still waiting at the end of the sequence."""
+        """Add the steps still waiting at the end of the sequence (one product)."""
         if self.factorised:
-            for entry in self.pending:
-                self._settle(entry)
-            self.pending = []
+            live = self.ring_live
+            a = (self.ring_psi[live] * self.ring_signal[live]).reshape(-1, self.grad.shape[0])
+            self.grad.addmm_(a.T, self.ring_xbar[live].reshape(-1, self.M), alpha=self.g_out)
 
     def write_grads(self) -> dict[str, torch.Tensor]:
         """Add the accumulated gradient to ``W`` (masked), ``W_rec`` (masked) and ``b``;
@@ -232,12 +249,14 @@ class EpropTrainer(Trainer):
         x = x.to(self.device)
         B = x.shape[0]
         kappa, g_o = (float(c) for c in self.readout.coefficients())
-        state = [_Layer(syn, n, B, None if fb is None else fb.to(syn.weight), kappa, g_o)
+        state = [_Layer(syn, n, B, None if fb is None else fb.to(syn.weight), kappa, g_o, T)
                  for (syn, n), fb in zip(self.pairs, self.random_feedback)]
         W_out = self.out_syn.effective_weight().detach()
         b_out = self.out_syn.bias.detach() if self.out_syn.bias is not None else None
         K_all = W_out.shape[0]
-        lo, hi = (head * model.n_out, (head + 1) * model.n_out) if head is not None and model.n_heads > 1 else (0, K_all)
+        lo, hi = (0, K_all)
+        if head is not None and model.n_heads > 1:
+            lo, hi = head * model.n_out, (head + 1) * model.n_out
         onehot = torch.zeros(B, hi - lo, dtype=W_out.dtype, device=W_out.device)
         onehot[torch.arange(B), self.targets] = 1.0
         o = torch.zeros(B, K_all, dtype=W_out.dtype, device=W_out.device) + float(self.readout.v_leak)
@@ -256,7 +275,8 @@ class EpropTrainer(Trainer):
                     # the layers' forward hooks see the step as a forward call would (the
                     # dormant monitor's firing rates)
                     call_forward_hooks(layer.neuron, (h.unsqueeze(0),), h.unsqueeze(0))
-                o = kappa * o + (1 - kappa) * float(self.readout.v_leak) + g_o * torch.nn.functional.linear(h, W_out, b_out)
+                o = (kappa * o + (1 - kappa) * float(self.readout.v_leak)
+                     + g_o * torch.nn.functional.linear(h, W_out, b_out))
                 logits = o[:, lo:hi]
                 p = torch.softmax(logits, 1)
                 total += float(torch.nn.functional.cross_entropy(logits, self.targets)) / T

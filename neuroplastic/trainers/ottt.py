@@ -40,8 +40,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from ..eligibility import Eligibility
+from ..errors import UserError
 from ..neurons import IF, LI, LIF, CubaLI, CubaLIF, Neuron
 from ..synapses import is_synapse
 from .base import Trainer
@@ -66,7 +66,7 @@ def _chunks(steps: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
 
 
 def _scan(s: torch.Tensor, a: torch.Tensor | None, c: float, lam: float):
-    """Presynaptic traces over a chunk: :math:`a_t = \lambda a_{t-1} + s_t` (``[k, B, ...]``)
+    r"""Presynaptic traces over a chunk: :math:`a_t = \lambda a_{t-1} + s_t` (``[k, B, ...]``)
     and the bias traces :math:`c_t = \lambda c_{t-1} + 1` (``[k]``)."""
     out, cs = [], []
     for t in range(s.shape[0]):
@@ -78,7 +78,7 @@ def _scan(s: torch.Tensor, a: torch.Tensor | None, c: float, lam: float):
 
 
 def _local_gain(layer: Neuron):
-    """:math:`\partial v^{pre}_t / \partial I_t` at fixed past: the input gain (times the
+    r""":math:`\partial v^{pre}_t / \partial I_t` at fixed past: the input gain (times the
     current synapse's gain for the Cuba neurons)."""
     _, g = layer.coefficients()
     if isinstance(layer, CubaLIF | CubaLI):
