@@ -146,19 +146,23 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
     assert err.startswith("neuroplastic: error:") and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("trainer", ["online", "eprop", "dsr"])
-def test_run_with_every_trainer_and_plugins(tiny_config, tmp_path, capsys, trainer):
+@pytest.mark.parametrize("trainer, methods", [
+    ("online", "hlop"), ("eprop", "hlop+granet"), ("dsr", "hlop+granet"), ("ottt", "granet,gpm,ewc")])
+def test_run_with_every_trainer_and_plugins(tiny_config, tmp_path, capsys, trainer, methods):
     """`neuroplastic run --method hlop --trainer online` runs like any other method (and the
-    other strategies with a projection and a sparse plugin), into the same run directory."""
+    other strategies with projections, a penalty and a sparse plugin), into the same run
+    directory."""
     out = tmp_path / trainer
-    methods = "hlop" if trainer == "online" else "hlop+granet"
-    sparsity = [] if trainer == "online" else ["--sparsity", "0.5"]
+    sparsity = ["--sparsity", "0.5"] if "granet" in methods else []
     assert main(["run", str(tiny_config), "--method", methods, "--trainer", trainer, *sparsity,
                  "--out", str(out)]) == 0
-    assert methods in capsys.readouterr().out
-    m = json.loads((out / "metrics.json").read_text())
-    assert len(m["acc_matrix"]) == 2
+    printed = capsys.readouterr().out
+    for method in methods.split(","):
+        assert method in printed
+        run_dir = out / method if "," in methods else out
+        m = json.loads((run_dir / "metrics.json").read_text())
+        assert len(m["acc_matrix"]) == 2
+        with h5py.File(run_dir / "run.h5") as f:
+            losses = f["losses/task_0"][()]
+        assert losses[-2:].mean() < losses[:2].mean()  # it learned something
     assert 'trainer = "' + ("ottt" if trainer == "online" else trainer) + '"' in (out / "config.toml").read_text()
-    with h5py.File(out / "run.h5") as f:
-        losses = f["losses/task_0"][()]
-    assert losses[-2:].mean() < losses[:2].mean()  # it learned something
