@@ -4,7 +4,9 @@ Loaders return ``(train, test)`` :class:`ArrayDataset` pairs held in memory:
 
 * :func:`load_digits` -- scikit-learn's bundled digits, resized to 28x28 (no download),
 * :func:`load_mnist` -- MNIST from local IDX files or an ``.npz``,
-* :func:`load_shd` -- Spiking Heidelberg Digits from local HDF5 files.
+* :func:`load_shd` -- Spiking Heidelberg Digits from local HDF5 files,
+* :func:`load_cues` -- a generated delayed-cue evidence-accumulation task (event data that
+  needs memory; no files).
 
 Streams turn a pair into a :class:`TaskStream`: :func:`permuted` and :func:`split`.
 :func:`make_stream` does both from names, as the CLI and configs use them.
@@ -19,6 +21,7 @@ from .digits import load_digits
 from .mnist import load_mnist, read_idx
 from .shd import load_shd
 from .streams import SETTINGS, permuted, split
+from .temporal import cue_layout, load_cues
 
 __all__ = [
     "ArrayDataset",
@@ -28,6 +31,8 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "load_shd",
+    "load_cues",
+    "cue_layout",
     "read_idx",
     "permuted",
     "split",
@@ -37,7 +42,7 @@ __all__ = [
     "SETTINGS",
 ]
 
-DATASETS = ("digits", "mnist", "shd")
+DATASETS = ("digits", "mnist", "shd", "cues")
 STREAMS = ("permuted", "split")
 
 
@@ -55,12 +60,14 @@ def make_stream(
 
     Args:
         dataset: ``"digits"`` (scikit-learn, 28x28, no files needed), ``"mnist"`` or
-            ``"shd"`` (both read from ``data_dir``).
+            ``"shd"`` (both read from ``data_dir``), ``"cues"`` (generated, 2 classes,
+            :func:`load_cues` at its defaults: 2000 train / 500 test samples ``[80, 40]``).
         stream: ``"permuted"`` (task 0 is the identity permutation) or ``"split"``.
         n_tasks: number of tasks.
         data_dir: directory (or, for MNIST, ``.npz`` file) holding the data.
         seed: seeds the permutations and the ``max_per_task`` subsets; the digits
-            train/test split is fixed (``random_state=0``) so seeds share one test set.
+            train/test split and the generated cues data are fixed (seed 0) so seeds
+            share one test set.
         classes_per_task: classes per task of a split stream.
         setting: ``"task"``, ``"domain"`` or ``"class"`` for a split stream.
         max_per_task: optional cap on training samples per task (deterministic subset).
@@ -81,6 +88,10 @@ def make_stream(
     if dataset == "digits":
         train, test = load_digits(size=28, seed=0)
         label = "digits (scikit-learn, 28x28)"
+    elif dataset == "cues":
+        train, test = load_cues(seed=0)
+        label = (f"cues (delayed evidence accumulation, T={train.shape[0]}, {train.shape[1]} channels, "
+                 f"decode the last step)")
     elif dataset == "mnist":
         train, test = load_mnist(data_dir)
         label = "MNIST"
