@@ -174,6 +174,21 @@ def test_eprop_equals_bptt_without_recurrent_paths(case, batch):
     _close(_grads(_net(**kw), "eprop", x, y, T), _bptt_per_step(ref, x, y, T))
 
 
+@pytest.mark.parametrize("kw", [{}, EPROP_CASES["recurrent-alif"]])
+def test_eprop_with_the_last_decoder_learns_from_the_last_step(kw, batch):
+    """``decoder = "last"``: the loss is CE(o_{T-1}) only; e-prop is BPTT of that loss
+    (recurrent input detached)."""
+    x, y = batch
+    T = 7
+    ref = _net(**kw)
+    for m in ref.modules():
+        if hasattr(m, "detach_recurrent"):
+            m.detach_recurrent = True
+    F.cross_entropy(ref(x.unsqueeze(0).expand(T, *x.shape))[-1], y).backward()
+    want = {k: p.grad.clone() for k, p in ref.named_parameters()}
+    _close(_grads(_net(**kw), "eprop", x, y, T, decoder="last"), want)
+
+
 def test_eprop_long_sequence_settles_steps_in_a_window(batch):
     """T = 60 steps with a readout decay of 0.61: steps leave the ring of pending steps
     once kappa^(t - tau) < 1e-7; the gradient still matches BPTT's (to that cut-off)."""

@@ -18,9 +18,10 @@ pseudo-derivative. The eligibility vectors follow each neuron's own dynamics
 
 (LIF: :math:`\beta = 0`; with the subtract reset :math:`e_{ji,t} = \psi_{j,t}\,\bar\xi_{i,t}`
 factorises over a presynaptic trace :math:`\bar\xi_t = a \bar\xi_{t-1} + g \xi_t`).
-The loss is the online one, :math:`\sum_t \frac1T\mathrm{CE}(o_t, y)` on the LI readout
+The loss is the online one, :math:`\sum_t w_t\,\mathrm{CE}(o_t, y)` (:math:`w_t = 1/T`;
+decoder ``last``: the final step only) on the LI readout
 :math:`o_t = \kappa o_{t-1} + g_o (W_{out} z_t + b_{out})`, whose error
-:math:`\mathrm{err}_t = (\mathrm{softmax}(o_t) - y)/(TB)` (batch mean) gives the learning signal
+:math:`\mathrm{err}_t = w_t(\mathrm{softmax}(o_t) - y)/B` (batch mean) gives the learning signal
 :math:`L_t = B\,\mathrm{err}_t` (``feedback = "symmetric"``: :math:`B = W_{out}^\top`;
 ``"random"``: a fixed random matrix drawn from the run's seed; layers below the last
 hidden one always get their own fixed random :math:`B_l`, direct random feedback). With
@@ -48,6 +49,7 @@ from ..neurons import functional as NF
 from ..neurons.recurrent import call_forward_hooks
 from ..synapses import Linear
 from .base import Trainer
+from .stepping import step_weight
 
 __all__ = ["EpropTrainer"]
 
@@ -278,10 +280,11 @@ class EpropTrainer(Trainer):
                 o = (kappa * o + (1 - kappa) * float(self.readout.v_leak)
                      + g_o * torch.nn.functional.linear(h, W_out, b_out))
                 logits = o[:, lo:hi]
+                w = step_weight(self.settings.decoder, steps, T)
                 p = torch.softmax(logits, 1)
-                total += float(torch.nn.functional.cross_entropy(logits, self.targets)) / T
+                total += float(torch.nn.functional.cross_entropy(logits, self.targets)) * w
                 err = torch.zeros_like(o)
-                err[:, lo:hi] = (p - onehot) / (T * B)  # the gradient of the batch-mean loss
+                err[:, lo:hi] = (p - onehot) * (w / B)  # the gradient of the batch-mean loss
                 zbar = kappa * zbar + g_o * torch.cat([h, torch.ones_like(h[:, :1])], 1)
                 g_out += err.T @ zbar
                 for layer in state:
@@ -299,4 +302,4 @@ class EpropTrainer(Trainer):
         self.dense_grads[self.out_name] = g_out[:, :-1]
         _add_grad(self.out_syn.bias, g_out[:, -1], None)
         self.add_penalty()
-        return torch.tensor(total * T / max(steps, 1))
+        return torch.tensor(total)

@@ -3,7 +3,8 @@ r"""Online training through time (OTTT; Xiao et al., NeurIPS 2022), the ``ottt``
 The network runs one step at a time. Every synapse layer keeps a presynaptic trace
 :math:`\hat a_t = \lambda \hat a_{t-1} + s_t` (:math:`\lambda` the membrane decay of the
 neuron layer it feeds, the readout's for the last layer). Each step has its own loss
-:math:`L_t = \frac1T\,\mathrm{CE}(o_t, y)` on the readout :math:`o_t`; its gradient flows
+:math:`L_t = w_t\,\mathrm{CE}(o_t, y)` on the readout :math:`o_t` (:math:`w_t = 1/T`; with
+the ``last`` decoder only the final step counts, :math:`w_{T-1} = 1`); its gradient flows
 through the current step only (the neuron states of earlier steps are detached) and
 the weight gradient of every layer is taken from the trace
 (:mod:`neuroplastic.eligibility`):
@@ -45,7 +46,7 @@ from ..errors import UserError
 from ..neurons import IF, LI, LIF, CubaLI, CubaLIF, Neuron
 from ..synapses import is_synapse
 from .base import Trainer
-from .stepping import postsynaptic_leaks
+from .stepping import postsynaptic_leaks, step_weight
 
 __all__ = ["OTTTTrainer"]
 
@@ -156,9 +157,13 @@ class OTTTTrainer(Trainer):
                         h = layer(h)
                 if head is not None and model.n_heads > 1:
                     h = h[..., head * model.n_out:(head + 1) * model.n_out]
-                # sum over the chunk's steps of CE(o_t, y) / T
-                loss = F.cross_entropy(h.reshape(-1, h.shape[-1]), self.targets.repeat(k)) * (k / T)
-                loss.backward()
+                # sum over the chunk's steps of w_t CE(o_t, y)
+                w = torch.tensor([step_weight(self.settings.decoder, steps + i, T) for i in range(k)], dtype=h.dtype)
+                per_step = F.cross_entropy(h.reshape(-1, h.shape[-1]), self.targets.repeat(k),
+                                           reduction="none").reshape(k, -1).mean(1)
+                loss = (per_step * w).sum()
+                if loss.requires_grad:
+                    loss.backward()
                 total = total + loss.detach()
                 steps += k
         finally:
@@ -168,4 +173,4 @@ class OTTTTrainer(Trainer):
         for name, chunks in kept.items():
             model.layers[name].last_input = torch.cat(chunks)
         self.add_penalty()
-        return total * (T / max(steps, 1))
+        return total

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..neurons import Neuron
 from ..synapses import is_synapse
 
-__all__ = ["detach_state", "postsynaptic_leaks", "neuron_leak", "per_step_loss"]
+__all__ = ["detach_state", "postsynaptic_leaks", "neuron_leak", "per_step_loss", "step_weight"]
 
 
 def detach_state(m: nn.Module) -> None:
@@ -54,3 +54,13 @@ def per_step_loss(out_t: torch.Tensor, targets: torch.Tensor, T: int) -> torch.T
     r"""The online trainers' loss of one step, :math:`\frac1T \mathrm{CE}(o_t, y)`: the mean
     over steps of the cross-entropy of the readout at each step (OTTT's and e-prop's loss)."""
     return torch.nn.functional.cross_entropy(out_t, targets) / T
+
+
+def step_weight(decoder: str, t: int, T: int) -> float:
+    r"""The weight :math:`w_t` of step ``t`` in the online trainers' loss
+    :math:`\sum_t w_t\,\mathrm{CE}(o_t, y)`: the readout is read where the decoder reads it,
+    ``last`` at the final step only (:math:`w_{T-1} = 1`), every other decoder at every step
+    (:math:`w_t = 1/T`)."""
+    if decoder == "last":
+        return 1.0 if t == T - 1 else 0.0
+    return 1.0 / T
