@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from neuroplastic.errors import UserError
 
+from .augment import augment as augment_images
 from .base import ArrayDataset, Task, TaskStream, iterate_minibatches
 from .digits import load_digits
 from .mnist import load_mnist, read_idx
@@ -55,6 +56,7 @@ def make_stream(
     classes_per_task: int = 2,
     setting: str = "task",
     max_per_task: int | None = None,
+    augment: int = 1,
 ) -> TaskStream:
     """Load ``dataset`` and build a task stream from it.
 
@@ -71,6 +73,9 @@ def make_stream(
         classes_per_task: classes per task of a split stream.
         setting: ``"task"``, ``"domain"`` or ``"class"`` for a split stream.
         max_per_task: optional cap on training samples per task (deterministic subset).
+        augment: ``copies`` of every training image (:func:`~.augment.augment`: the
+            original and ``copies - 1`` deterministic affine + elastic distortions, before
+            any permutation); static square images only, the test set is unchanged.
 
     ``setting`` and ``classes_per_task`` are ignored by permuted streams.
     """
@@ -99,6 +104,11 @@ def make_stream(
         train, test = load_shd(data_dir)
         label = "SHD"
 
+    if augment != 1:
+        if dataset in ("shd", "cues"):
+            raise UserError(f"data.augment distorts images; dataset {dataset!r} holds event data")
+        train = augment_images(train, augment, seed=0)
+        label += f", training images x{augment} (affine + elastic distortions)"
     if stream == "permuted":
         ts = permuted(train, test, n_tasks, seed=seed, max_per_task=max_per_task)
     else:

@@ -40,6 +40,8 @@ class DataConfig:
     setting: str = "task"
     max_per_task: int | None = None
     permute_first: bool = False
+    augment: int = 1                    # copies of every training image (1 = none): distortions
+
 
     def __post_init__(self) -> None:
         if self.dataset not in ("digits", "mnist", "shd", "cues"):
@@ -48,6 +50,8 @@ class DataConfig:
             raise UserError(f"data.stream must be permuted or split, got {self.stream!r}")
         if self.tasks < 1:
             raise UserError(f"data.tasks must be >= 1, got {self.tasks}")
+        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or not 1 <= self.augment <= 64:
+            raise UserError(f"data.augment must be an integer from 1 to 64, got {self.augment!r}")
 
 
 @dataclass
