@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from ..errors import UserError
-from .base import Plugin, PluginList
+from .base import Plugin, PluginList, derive_seed
 
 # name -> "module:Class" (imported lazily so optional methods cost nothing)
 REGISTRY: dict[str, str] = {
@@ -79,4 +79,5 @@ def build_plugins(method: str, options: dict[str, dict[str, Any]] | None = None)
     return PluginList(plugins)
 
 
-__all__ = ["Plugin", "PluginList", "REGISTRY", "plugin_class", "parse_method", "options_for", "build_plugins"]
+__all__ = ["Plugin", "PluginList", "derive_seed", "REGISTRY", "plugin_class", "parse_method", "options_for",
+           "build_plugins"]

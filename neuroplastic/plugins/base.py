@@ -13,6 +13,13 @@ Hook order in one training step (see :class:`neuroplastic.training.Trainer`)::
 
 and around tasks: ``on_task_start`` (before training task t), ``train_sources`` (which
 datasets to train on), ``on_task_end`` (after training, before evaluation).
+
+Seeds: every random choice a plugin makes (random masks, random regrowth, HLOP's initial
+rows, sampled activity, the Fisher's sampled labels, DrM's fresh weights) comes from a
+private ``torch.Generator`` seeded from :meth:`Plugin.base_seed`, i.e. from
+:func:`derive_seed` of the run's seed (``--seed``, ``trainer.seed``) and the plugin's own
+``seed`` option. So ``--seed`` changes every plugin's randomness, a plugin's ``seed``
+varies that plugin alone, and the global torch RNG is neither used nor consumed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,24 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from ..training import Trainer
 
+#: distance between the base seeds of consecutive run seeds (a prime)
+RUN_SEED_STRIDE = 1_000_003
+#: base seeds are reduced modulo this (plugins multiply them by ~1e5 and must stay
+#: inside ``torch.Generator.manual_seed``'s 64-bit range)
+SEED_MODULUS = 2**40
+
+
+def derive_seed(run_seed: int | None, plugin_seed: int | None = 0) -> int:
+    """The base seed of a plugin: ``(plugin_seed + 1_000_003 * run_seed) mod 2**40``.
+
+    Plain integer arithmetic, so the same on every machine and in every process (no
+    ``hash()``). Run seed 0 leaves the plugin's own seed unchanged (runs at ``--seed 0``
+    draw exactly what they drew before the run seed reached plugins); different run seeds
+    give base seeds 1_000_003 apart, so a plugin ``seed`` offset below that never makes
+    two (run seed, plugin seed) pairs collide. ``None`` counts as 0.
+    """
+    return (int(plugin_seed or 0) + RUN_SEED_STRIDE * int(run_seed or 0)) % SEED_MODULUS
+
 
 class Plugin:
     """Base plugin: every hook is a no-op."""
@@ -33,6 +58,17 @@ class Plugin:
     def setup(self, trainer: Trainer) -> None:
         """Called once when the trainer is built (model and optimizer exist)."""
         self.trainer = trainer
+
+    @property
+    def run_seed(self) -> int:
+        """The run's seed (``trainer.seed``; 0 for a plugin not set up with a trainer)."""
+        return int(getattr(getattr(self, "trainer", None), "seed", 0) or 0)
+
+    def base_seed(self) -> int:
+        """:func:`derive_seed` of the run's seed and this plugin's ``seed`` option (0 when
+        it has none). Seed every private generator of the plugin from this (plus fixed
+        per-use offsets such as the task index)."""
+        return derive_seed(self.run_seed, getattr(getattr(self, "opts", None), "seed", 0))
 
     def on_task_start(self, task_id: int, task) -> None: ...
 

@@ -52,7 +52,7 @@ class DormantOptions:
     perturb_min: float = 0.2
     perturb_max: float = 0.9
     perturb_target: str = "fresh"
-    seed: int = 0
+    seed: int = 0  # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
         def bad(key, want):
@@ -201,7 +201,7 @@ class DormantMonitor(Plugin):
             a,
             self.trainer.optimizer,
             self.init_params,
-            seed=o.seed * 100003 + len(self.hist["perturb_step"]),
+            seed=self.base_seed() * 100003 + len(self.hist["perturb_step"]),
         )
         self.hist["perturb_step"].append(self.step)
         self.hist["perturb_factor"].append(a)

@@ -44,7 +44,7 @@ class EWCOptions:
     fisher_batch_size: int = 1    # 1: the per-sample empirical Fisher
     fisher: str = "empirical"     # "empirical" (true labels) or "sampled" (model's labels)
     reset_optimizer: bool = True
-    seed: int = 0
+    seed: int = 0  # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or self.lam < 0:
@@ -88,7 +88,7 @@ class EWC(Plugin):
         model = tr.model
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        gen = torch.Generator().manual_seed(o.seed + 15485863 + self.task)
+        gen = torch.Generator().manual_seed(self.base_seed() + 15485863 + self.task)
         seen = 0
         was_training = model.training
         model.train()

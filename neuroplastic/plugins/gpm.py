@@ -59,7 +59,7 @@ class GPMOptions:
     max_rows: int | None = 8192        # random subset of rows (conv patches) before the SVD
     freeze_non_weights: bool = True
     reset_optimizer: bool = True
-    seed: int = 0
+    seed: int = 0  # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -162,8 +162,8 @@ class GPM(Plugin):
         o = self.opts
         t0 = time.perf_counter()
         acts = collect_activity(self.trainer, task.train, task.head, self.layers, o.n_samples,
-                                seed=o.seed + 104729 * task_id)
-        gen = torch.Generator().manual_seed(o.seed + task_id)
+                                seed=self.base_seed() + 104729 * task_id)
+        gen = torch.Generator().manual_seed(self.base_seed() + task_id)
         for n, layer in self.layers.items():
             R = torch.cat([activity_matrix(layer, a, o.activity) for a in acts[n]])
             if o.max_rows is not None and R.shape[0] > o.max_rows:

@@ -150,7 +150,7 @@ class SparseOptions:
     dormant_share: float = 0.5
     dormant_tau: float = 0.025
     dormant_init: float = 0.0
-    seed: int = 0
+    seed: int = 0  # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
         sec = self._section
@@ -269,6 +269,8 @@ class SparseTraining(Plugin):
     # -- setup ----------------------------------------------------------------------
     def setup(self, trainer) -> None:
         super().setup(trainer)
+        # random masks and random regrowth: from the run's seed and this plugin's seed
+        self.generator = torch.Generator().manual_seed(self.base_seed())
         o = self.opts
         model = trainer.model
         self.layers = sparse_layers(model, o.exclude)

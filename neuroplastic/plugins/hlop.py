@@ -142,7 +142,7 @@ class HLOPOptions:
     freeze_non_weights: bool = True     # after task 0 train only ndim >= 2 parameters
     reset_optimizer: bool = True        # fresh optimizer state (momentum) at each task start
     energy_samples: int = 256           # samples for the subspace-energy records (0: off)
-    seed: int = 0
+    seed: int = 0                       # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
         for key in ("lr", "lr_input", "clip", "spiking_scale"):
@@ -288,7 +288,7 @@ class HLOP(Plugin):
         # how much of the new task's input energy lies in the old subspaces (at its start)
         if task is not None and o.energy_samples > 0 and any(self.n_old[n] > 0 for n in self.layers):
             acts = collect_activity(self.trainer, task.train, task.head, self.layers, o.energy_samples,
-                                    seed=o.seed + 7919 * task_id)
+                                    seed=self.base_seed() + 7919 * task_id)
             for n, layer in self.layers.items():
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
                 m = self.n_old[n]
@@ -296,7 +296,7 @@ class HLOP(Plugin):
         else:
             for n in self.layers:
                 self.old_energy[n].append(float("nan") if task_id == 0 else 0.0)
-        gen = torch.Generator().manual_seed(o.seed * 100003 + task_id)
+        gen = torch.Generator().manual_seed(self.base_seed() * 100003 + task_id)
         for n in self.layers:
             H = self.H[n]
             D = self.dims[n]
@@ -345,7 +345,7 @@ class HLOP(Plugin):
             self.activity[n].append((self._act_sum[n] / max(self._act_n, 1)).cpu())
         if task is not None and o.energy_samples > 0:
             acts = collect_activity(self.trainer, task.train, task.head, self.layers, o.energy_samples,
-                                    seed=o.seed + 7919 * task_id + 1)
+                                    seed=self.base_seed() + 7919 * task_id + 1)
             for n, layer in self.layers.items():
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
                 self.captured_energy[n].append(energy_fraction(X, self.H[n], orthonormal=False))
@@ -451,6 +451,7 @@ class HLOP(Plugin):
             self._old_cache.clear()
             return
         t0 = time.perf_counter()
+        rows_gen = None
         for n, layer in self.layers.items():
             x = layer.last_input
             if x is None or self.H[n].shape[0] == 0:
@@ -459,7 +460,9 @@ class HLOP(Plugin):
             cached = self._old_cache.pop(n, None)
             old = cached[1:] if cached is not None and cached[0] is x else None
             if o.max_rows is not None and X.shape[0] > o.max_rows:
-                idx = torch.randperm(X.shape[0], device=X.device)[: o.max_rows]
+                if rows_gen is None:
+                    rows_gen = torch.Generator(device=X.device).manual_seed(self._rows_seed())
+                idx = torch.randperm(X.shape[0], generator=rows_gen, device=X.device)[: o.max_rows]
                 X = X[idx]
                 old = None if old is None else (old[0][idx], old[1][idx])
             act = hebbian_update(X, self.H[n], self.mom[n], self.n_old[n], lr=self.lrs[n],
@@ -468,6 +471,11 @@ class HLOP(Plugin):
             self._act_sum[n] += act
         self._act_n += 1
         self.hebbian_s += time.perf_counter() - t0
+
+    def _rows_seed(self) -> int:
+        """Seed of the ``max_rows`` subsample of this step: a function of the run's and the
+        plugin's seeds, the task and the step (no state to save, the same after a resume)."""
+        return ((self.base_seed() * 100003 + self.task) * 1_000_003 + self._steps) % 2**63
 
     # -- records and state ------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
