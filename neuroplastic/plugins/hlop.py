@@ -122,7 +122,9 @@ class HLOPOptions:
     inc_size: list | None = None        # neurons added at each later task, per layer
     inc_shrink: float = 0.025           # fraction of D removed from the increment ...
     inc_shrink_every: int = 3           # ... at tasks that are multiples of this (0: never)
-    lr: float = 0.08                    # Hebbian learning rate (per update; the paper: 0.01 on every step)
+    lr_scale: str = "none"              # "none": lr / lr_input; "energy": energy_lr / mean |x|^2 per update
+    energy_lr: float = 1.0              # Hebbian rate relative to the activity's energy (lr_scale = "energy")
+    lr: float = 0.08                    # Hebbian learning rate with lr_scale = "none" (the paper: 0.01 on every step)
     lr_input: float = 0.008             # ... for the network's input layer (the paper: 0.001)
     momentum: float = 0.9
     hebb_iters: int = 5                 # Oja iterations per minibatch
@@ -145,7 +147,9 @@ class HLOPOptions:
     seed: int = 0                       # offset on the run's seed (--seed) for this plugin's random choices
 
     def __post_init__(self) -> None:
-        for key in ("lr", "lr_input", "clip", "spiking_scale"):
+        if self.lr_scale not in ("energy", "none"):
+            raise ValueError(f"hlop.lr_scale must be 'energy' or 'none', got {self.lr_scale!r}")
+        for key in ("lr", "lr_input", "energy_lr", "clip", "spiking_scale"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
                 raise ValueError(f"hlop.{key} must be a positive number, got {v!r}")
@@ -465,12 +469,20 @@ class HLOP(Plugin):
                 idx = torch.randperm(X.shape[0], generator=rows_gen, device=X.device)[: o.max_rows]
                 X = X[idx]
                 old = None if old is None else (old[0][idx], old[1][idx])
-            act = hebbian_update(X, self.H[n], self.mom[n], self.n_old[n], lr=self.lrs[n],
+            act = hebbian_update(X, self.H[n], self.mom[n], self.n_old[n], lr=self._rate(n, X),
                                  momentum=o.momentum, iters=o.hebb_iters, clip=o.clip,
                                  spiking=self._spiking, old=old)
             self._act_sum[n] += act
         self._act_n += 1
         self.hebbian_s += time.perf_counter() - t0
+
+    def _rate(self, name: str, X: torch.Tensor) -> float:
+        r"""The Hebbian rate of this update: ``energy_lr`` / :math:`\langle\|x\|^2\rangle` over
+        the activity rows (``lr_scale = "energy"``), else the fixed ``lr`` / ``lr_input``."""
+        if self.opts.lr_scale == "none":
+            return self.lrs[name]
+        energy = float((X * X).sum(1).mean()) if X.numel() else 0.0
+        return self.opts.energy_lr / max(energy, 1e-6)
 
     def _rows_seed(self) -> int:
         """Seed of the ``max_rows`` subsample of this step: a function of the run's and the
