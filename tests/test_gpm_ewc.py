@@ -143,23 +143,55 @@ def test_ewc_penalty_matches_formula_and_online_accumulation():
 
 
 def test_ewc_separate_penalties_and_state_roundtrip(tmp_path):
+    """Separate penalties (one Fisher and one anchor per task) survive a save/load: the
+    loaded tensors are the saved ones, and the penalty *away from the anchors* (where it
+    is not trivially 0) is the same, term by term, as before saving."""
     torch.manual_seed(0)
     model = mlp([6, 3])
     plugins = build_plugins("ewc", {"ewc": {"online": False, "fisher_samples": 4}})
     _trainer(model, plugins)
-    x, y = torch.rand(8, 6), torch.randint(0, 3, (8,))
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
     for t in range(2):
         plugins.on_task_start(t, None)
         plugins.on_task_end(t, _Task(x, y))
+        with torch.no_grad():  # "train": the next task's anchor differs from this one
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
     e = plugins.plugins[0]
     assert len(e.fisher) == 2 and len(e.anchor) == 2
+    for n in e.fisher[0]:
+        assert not torch.equal(e.anchor[0][n], e.anchor[1][n])
+        assert float(e.fisher[0][n].sum()) > 0
     torch.save(plugins.state_dict(), tmp_path / "s.pt")
     other = build_plugins("ewc", {"ewc": {"online": False}})
     twin = mlp([6, 3])
     twin.load_state_dict(model.state_dict())
     _trainer(twin, other)
     other.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
-    assert torch.allclose(other.penalty(), plugins.penalty())
+    o = other.plugins[0]
+    # the loaded state: every Fisher and anchor, exactly
+    assert o.task == e.task == 1 and o.fisher_mean == e.fisher_mean
+    assert len(o.fisher) == len(o.anchor) == 2
+    for mine, theirs in ((e.fisher, o.fisher), (e.anchor, o.anchor)):
+        for d, d2 in zip(mine, theirs):
+            assert set(d2) == set(d)
+            for n in d:
+                assert torch.equal(d2[n], d[n]), n
+    # the penalty away from both anchors (the weights were moved after the last task):
+    # not 0, the same in both, and what the formula gives with the saved tensors
+    pen, pen2 = plugins.penalty(), other.penalty()
+    params = dict(model.named_parameters())
+    ref = 0.5 * e.opts.lam * sum((f[n] * (params[n].detach() - a[n]) ** 2).sum()
+                                 for f, a in zip(e.fisher, e.anchor) for n in f)
+    assert float(pen.detach()) > 1e-3 * e.opts.lam
+    assert torch.allclose(pen, ref, rtol=1e-5)
+    assert torch.allclose(pen2, pen, rtol=1e-5, atol=0)
+    # and its gradient, which is what training sees
+    pen.backward()
+    pen2.backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(dict(twin.named_parameters())[n].grad, p.grad, rtol=1e-5, atol=1e-12), n
 
 
 def test_gpm_state_roundtrip(tmp_path):

@@ -334,6 +334,123 @@ def test_projection_modes_give_the_same_training():
     for mode in ("input", "auto"):
         assert torch.allclose(res[mode][0], res["weight"][0], atol=1e-5)
         assert torch.allclose(res[mode][1], res["weight"][1], atol=1e-5)
+    # ... and that common training did project: fc1 moved, but not along the protected
+    # subspace (equal results would also come from three runs that projected nothing)
+    dW = res["weight"][0] - net.layers["fc1"].weight.detach()
+    assert dW.abs().max() > 1e-3
+    assert (dW @ basis["fc1"].T).abs().max() < 1e-6
+
+
+#: every way HLOP can project, each selected alone: the weight form, the input form,
+#: "auto" (the cheaper of the two per layer), the lazy projection of the weight change
+#: (``project_every > 1``), the input form with spiking lateral neurons (which quantise
+#: ``y``; fine steps here so the projection is exact to float rounding), and for conv
+#: layers the weight and the unfolded-patch input forms
+_MODES = {
+    "weight": ("mlp", {"linear_mode": "weight"}),
+    "input": ("mlp", {"linear_mode": "input"}),
+    "auto": ("mlp", {"linear_mode": "auto"}),
+    "lazy": ("mlp", {"project_every": 3}),
+    "spiking_input": ("mlp", {"linear_mode": "input", "spiking": True, "spiking_scale": 4.0,
+                              "spiking_steps": 10**6}),
+    "conv_weight": ("cnn", {"conv_mode": "weight", "linear_mode": "weight"}),
+    "conv_input": ("cnn", {"conv_mode": "input", "linear_mode": "input"}),
+}
+_STEPS = 7
+
+
+def _new_task_response_change(method: str, arch: str, opts: dict, monkeypatch) -> tuple[dict, dict]:
+    """Protect a random subspace of every synapse layer (as if task 0 had learned it), train
+    ``_STEPS`` minibatches of a new task with momentum SGD, end the task; return the largest
+    change of each layer's response ``W p + b`` to inputs ``p`` inside its protected
+    subspace (patches for a conv), and how often each projection path ran."""
+    import neuroplastic.plugins.hlop as hlop_mod
+
+    calls = {"weight": 0, "input": 0, "sync": 0}
+    pwg, corr, sync = hlop_mod.project_weight_grad, HLOP._input_correction, HLOP._sync
+
+    def count_pwg(*a, **k):
+        calls["weight"] += 1
+        return pwg(*a, **k)
+
+    def count_corr(self, *a, **k):
+        calls["input"] += 1
+        return corr(self, *a, **k)
+
+    def count_sync(self):
+        calls["sync"] += 1
+        return sync(self)
+
+    monkeypatch.setattr(hlop_mod, "project_weight_grad", count_pwg)
+    monkeypatch.setattr(HLOP, "_input_correction", count_corr)
+    monkeypatch.setattr(HLOP, "_sync", count_sync)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(7)
+    if arch == "mlp":
+        model = mlp([24, 32, 5], bias=True)
+        basis = {"fc1": orthonormalize(torch.randn(6, 24, generator=gen)),
+                 "fc2": orthonormalize(torch.randn(8, 32, generator=gen))}
+        data = [(2 * torch.rand(16, 24, generator=gen), torch.randint(0, 5, (16,), generator=gen))
+                for _ in range(_STEPS)]
+    else:
+        model = cnn((1, 8, 8), channels=(3,), n_out=4, bias=True)
+        basis = {"conv1": orthonormalize(torch.randn(4, 9, generator=gen)),
+                 "fc": orthonormalize(torch.randn(10, 48, generator=gen))}
+        data = [(2 * torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 4, (16,), generator=gen))
+                for _ in range(_STEPS)]
+    plugins = build_plugins(method, {"hlop": {"energy_samples": 0, **PAPER, **opts}} if method == "hlop" else {})
+    settings = TrainSettings(epochs=1, batch_size=16, lr=0.1, momentum=0.9, time_steps=3)
+    tr = Trainer(model, make_encoder("direct", 3), settings, plugins, "cpu", 0, True)
+    if method == "hlop":
+        _protect(plugins.plugins[0], basis)
+    probes = {n: torch.randn(32, B.shape[0], generator=gen) @ B for n, B in basis.items()}
+
+    def responses():
+        out = {}
+        for n, P in probes.items():
+            layer = model.layers[n]
+            W = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+            b = layer.bias.detach() if layer.bias is not None else 0.0
+            out[n] = P @ W.T + b
+        return out
+
+    before = responses()
+    w0 = {n: model.layers[n].weight.detach().clone() for n in basis}
+    for x, y in data:
+        tr.train_step(x, y, None)
+    plugins.on_task_end(1, None)
+    after = responses()
+    for n in basis:  # every layer learned something: the check below is not vacuous
+        assert (model.layers[n].weight - w0[n]).abs().max() > 1e-2, n
+    return {n: (after[n] - before[n]).abs().max().item() for n in basis}, calls
+
+
+@pytest.mark.parametrize("mode", list(_MODES))
+def test_each_projection_mode_alone_keeps_old_responses(mode, monkeypatch):
+    """Each projection mode on its own leaves the response of every protected layer to
+    inputs in the old subspace unchanged after training a new task (to float rounding),
+    and really took its own code path (no silent fallback to another form)."""
+    arch, opts = _MODES[mode]
+    change, calls = _new_task_response_change("hlop", arch, opts, monkeypatch)
+    assert max(change.values()) < 2e-5, change
+    n_layers = len(change)
+    if mode == "lazy":  # gradients untouched; the weight change projected at steps 3, 6 and the end
+        assert calls["input"] == 0 and calls["sync"] == _STEPS // 3 + 1, calls
+        assert calls["weight"] == calls["sync"] * n_layers, calls
+    elif mode in ("weight", "conv_weight"):
+        assert calls == {"weight": _STEPS * n_layers, "input": 0, "sync": 0}, calls
+    elif mode == "auto":
+        assert calls["weight"] + calls["input"] == _STEPS * n_layers and calls["sync"] == 0, calls
+    else:  # input forms: every step through the input correction, never the weight form
+        assert calls == {"weight": 0, "input": _STEPS * n_layers, "sync": 0}, calls
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_without_projection_old_responses_change(arch, monkeypatch):
+    """The same training without projection (fine-tuning) moves those responses clearly:
+    the check above is what the projection buys."""
+    change, _ = _new_task_response_change("finetune", arch, {}, monkeypatch)
+    assert min(change.values()) > 1e-2, change
 
 
 def test_lazy_projection_preserves_response_at_sync_points():
@@ -366,3 +483,96 @@ def test_lazy_projection_preserves_response_at_sync_points():
     with torch.no_grad():
         assert (tr.forward_logits(probe, None) - before).abs().max().item() < 1e-5
     assert h.anchor == {}
+
+
+def _rows_at_task_1(init_complement: bool):
+    """HLOP on ``fc1`` (D = 30): 5 rows at task 0 (replaced by a fixed basis, as if learned),
+    6 new rows at the start of task 1. Returns ``(old basis, H at task 0, H at task 1)``."""
+    torch.manual_seed(0)
+    plugins = build_plugins("hlop", {"hlop": {"layers": ["fc1"], "init_size": [5], "inc_size": [6],
+                                              "energy_samples": 0, "init_complement": init_complement}})
+    _trainer(mlp([30, 8, 3]), plugins)
+    h = plugins.plugins[0]
+    h.on_task_start(0, None)
+    H0 = h.H["fc1"].clone()
+    basis = orthonormalize(torch.randn(5, 30, generator=torch.Generator().manual_seed(11)))
+    h.H["fc1"] = basis.clone()
+    h.on_task_end(0, None)
+    h.on_task_start(1, None)
+    return basis, H0, h.H["fc1"].clone()
+
+
+def test_new_rows_start_as_official_code_or_in_the_complement():
+    """``init_complement = false`` (the official code): each task's new rows are random
+    orthonormal rows, independent of the old subspace (so not orthogonal to it);
+    ``true`` (default): the same random rows moved into the complement of the old span and
+    re-orthonormalised."""
+    assert HLOPOptions().init_complement is True
+    basis, H0_off, H_off = _rows_at_task_1(False)
+    _, H0_on, H_on = _rows_at_task_1(True)
+    eye = torch.eye(6)
+    # task 0 has no old rows: the same random orthonormal rows either way
+    assert torch.equal(H0_off, H0_on) and H0_off.shape == (5, 30)
+    assert torch.allclose(H0_off @ H0_off.T, torch.eye(5), atol=1e-5)
+    for H in (H_off, H_on):
+        assert H.shape == (11, 30) and torch.equal(H[:5], basis)  # old rows kept
+        assert torch.allclose(H[5:] @ H[5:].T, eye, atol=1e-5)  # new rows orthonormal
+    # official: random rows overlap the old span as random 6-dim subspaces of R^30 do
+    # (expected squared overlap 6 * 5 / 30 = 1)
+    overlap = H_off[5:] @ basis.T
+    assert float((overlap**2).sum()) > 0.2 and float(overlap.abs().max()) > 0.1, overlap
+    # complement: orthogonal to the old span ...
+    assert (H_on[5:] @ basis.T).abs().max() < 1e-5
+    # ... and spanning the official rows' part outside it (the same random draw)
+    outside = H_off[5:] - (H_off[5:] @ basis.T) @ basis
+    assert float(principal_angles(H_on[5:], outside).max()) < 1e-3
+
+
+class _Task:
+    def __init__(self, x, y):
+        from neuroplastic.datasets import ArrayDataset
+
+        self.train = ArrayDataset(x, y, int(y.max()) + 1)
+        self.head = None
+
+
+def test_spiking_lateral_neurons_with_rate_activity_cross_a_task_boundary():
+    """``spiking = true`` with ``activity = "rate"``: two tasks (one boundary) run through the
+    Hebbian updates, the projection (input form, which quantises) and the energy records,
+    with the documented shapes."""
+    torch.manual_seed(0)
+    model = mlp([12, 8, 3])
+    plugins = build_plugins("hlop", {"hlop": {"spiking": True, "activity": "rate", "energy_samples": 8,
+                                              "init_size": [4, 3], "inc_size": [2, 2], **PAPER}})
+    tr = _trainer(model, plugins)
+    h = plugins.plugins[0]
+    gen = torch.Generator().manual_seed(0)
+    tasks = [_Task(torch.rand(32, 12, generator=gen), torch.randint(0, 3, (32,), generator=gen)) for _ in range(2)]
+    init_new = {}
+    for t, task in enumerate(tasks):
+        plugins.on_task_start(t, task)
+        k = {"fc1": 4, "fc2": 3} if t == 0 else {"fc1": 2, "fc2": 2}
+        for n, D in (("fc1", 12), ("fc2", 8)):
+            assert h.mom[n].shape == (k[n], D)  # momentum of the new rows only
+            init_new[n] = h.H[n][h.n_old[n]:].clone()
+        old = {n: h.H[n][: h.n_old[n]].clone() for n in h.H}
+        tr.train_task([(task.train, None)], t)
+        for n in h.H:
+            assert torch.isfinite(h.H[n]).all()
+            assert torch.equal(h.H[n][: old[n].shape[0]], old[n])  # old rows frozen
+            assert not torch.equal(h.H[n][h.n_old[n]:], init_new[n])  # new rows learned
+        if t == 1:
+            assert h._cheaper_mode(model.layers["fc1"], h.n_old["fc1"]) == "input"  # quantised form
+        plugins.on_task_end(t, task)
+    assert h.sizes == {"fc1": [4, 6], "fc2": [3, 5]} and h.n_old == {"fc1": 6, "fc2": 5}
+    for n, D in (("fc1", 12), ("fc2", 8)):
+        M = h.n_old[n]
+        assert h.H[n].shape == (M, D) and h.mom[n].shape == (0, D)
+        assert [a.shape for a in h.activity[n]] == [(h.sizes[n][0],), (M,)]
+        assert math.isnan(h.old_energy[n][0]) and 0 <= h.old_energy[n][1] <= 1
+        assert len(h.captured_energy[n]) == 2 and all(0 <= e <= 1 for e in h.captured_energy[n])
+    rec = plugins.records()["hlop"]
+    assert rec["fc1"]["H"].shape == (6, 12) and rec["fc2"]["sizes"].tolist() == [3, 5]
+    assert rec["fc2"]["activity"]["task_1"].shape == (5,) and rec["fc1"]["old_energy"].shape == (2,)
+    m = json.loads(json.dumps(plugins.metrics()))["hlop"]
+    assert m["subspace_sizes"] == {"fc1": [4, 6], "fc2": [3, 5]} and m["old_subspace_energy"]["fc1"][0] is None
