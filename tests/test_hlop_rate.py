@@ -11,9 +11,10 @@ def test_energy_scaled_rate_divides_by_the_mean_squared_norm():
     h = HLOP(HLOPOptions(lr_scale="energy", energy_lr=0.5))
     assert h._rate("fc1", X) == pytest.approx(0.5 / 13)
     assert h._rate("fc1", 2 * X) == pytest.approx(0.5 / 52)  # scale-free: x2 activity, /4 rate
-    fixed = HLOP(HLOPOptions())
+    assert HLOPOptions().lr_scale == "energy"  # the default
+    fixed = HLOP(HLOPOptions(lr_scale="none"))
     fixed.lrs = {"fc1": 0.08}
-    assert fixed._rate("fc1", X) == 0.08 and fixed.opts.lr_scale == "none"
+    assert fixed._rate("fc1", X) == 0.08
 
 
 def test_bad_rate_scale_is_refused():
