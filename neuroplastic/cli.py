@@ -5,7 +5,8 @@ continual experiments (no arguments: the embedded default on permuted digits);
 ``neuroplastic export`` writes a trained network as a NIR graph or our sparse HDF5 archive;
 ``neuroplastic simulate`` runs a saved network on an input array;
 ``neuroplastic plot`` draws a run's figures and writes its HTML report;
-``neuroplastic bench peers|kernels|simulate`` runs the performance comparisons.
+``neuroplastic bench peers|kernels|simulate|memory`` runs the performance comparisons
+(``memory``: peak memory and time per sample of a training step per trainer and T).
 Bad input prints one line ``neuroplastic: error: ...`` and exits with code 2.
 """
 
@@ -26,6 +27,16 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+#: ``bench memory``'s own options (passed on to :func:`neuroplastic.bench.memory.main`)
+_BENCH_MEMORY_OPTIONS = (
+    ("--steps", str, "time steps T, comma-separated (default 10,100,1000)"),
+    ("--trainers", str, "comma-separated trainers (default bptt,ottt,eprop,dsr)"),
+    ("--batch", int, "samples per step (default 32)"),
+    ("--hidden", int, "hidden neurons N of the 784-N-10 mlp (default 256)"),
+    ("--repeats", int, "timed steps per row (default 3)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="neuroplastic", description="Spiking neural networks that keep learning.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -36,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="directory with the dataset files (mnist, shd)")
     r.add_argument("--stream", choices=["permuted", "split"])
     r.add_argument("--tasks", type=int)
+    r.add_argument("--augment", type=int, help="copies of every training image, distorted (digits, mnist)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--trainer", choices=["bptt", "ottt", "eprop", "dsr", "online"],
                    help="how gradients are computed: bptt (default), ottt (online = ottt), eprop, dsr")
@@ -73,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", help="directory for the figures and report.html (default RUN_DIR/report)")
     pl.add_argument("--no-animation", action="store_true", help="skip the GIF of one sample's spikes")
     b = sub.add_parser("bench", help="performance comparisons")
-    b.add_argument("what", choices=["peers", "kernels", "simulate"])
+    b.add_argument("what", choices=["peers", "kernels", "simulate", "memory"])
     b.add_argument("--json", help="write the rows as JSON to this file")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (kernels: n <= 1024)")
+    for opt, kind, what in _BENCH_MEMORY_OPTIONS:
+        b.add_argument(opt, type=kind, help=f"memory only: {what}")
     return p
 
 
@@ -91,6 +105,8 @@ def _apply_overrides(cfg, a):
         data["stream"] = a.stream
     if a.tasks is not None:
         data["tasks"] = a.tasks
+    if a.augment is not None:
+        data["augment"] = a.augment
     if data:
         cfg = replace(cfg, data=DataConfig(**{**cfg.data.__dict__, **data}))
     train = {}
@@ -154,7 +170,16 @@ def _cmd_bench(a) -> int:
     argv = ["--json", a.json] if a.json else []
     if a.quick:
         argv.append("--quick")
-    if a.what == "peers":
+    memory_opts = [(opt, getattr(a, opt[2:])) for opt, _, _ in _BENCH_MEMORY_OPTIONS]
+    given = [opt for opt, v in memory_opts if v is not None]
+    if given and a.what != "memory":
+        raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to "
+                        "'neuroplastic bench memory'")
+    if a.what == "memory":
+        from .bench.memory import main as bench_main
+
+        argv += [x for opt, v in memory_opts if v is not None for x in (opt, str(v))]
+    elif a.what == "peers":
         from .bench.peers import main as bench_main
     elif a.what == "simulate":
         from .bench.simulate import main as bench_main
