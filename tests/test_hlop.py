@@ -102,7 +102,7 @@ def test_quantize_and_sizes():
 
 #: the paper's schedule (Hebbian update and gradient projection at every step); the
 #: defaults are the cheaper budgeted schedule, tested in the lazy-projection test
-PAPER = {"hebb_every": 1, "project_every": 1, "lr": 0.01, "lr_input": 0.001}
+PAPER = {"hebb_every": 1, "project_every": 1, "lr_scale": "none", "lr": 0.01, "lr_input": 0.001}
 
 
 def _trainer(model, plugins, T=3, lr=0.1):
@@ -207,7 +207,7 @@ def test_options_validation_and_registry():
 
     assert {"hlop", "gpm", "ewc"} <= set(REGISTRY)
     assert parse_method("hlop+ewc") == ["hlop", "ewc"]
-    assert isinstance(options_for("hlop", {"lr": 0.05}), HLOPOptions)
+    assert isinstance(options_for("hlop", {"lr_scale": "none", "lr": 0.05}), HLOPOptions)
     for bad in ({"activity": "trace"}, {"conv_mode": "x"}, {"lr": -1}, {"hebb_iters": 0},
                 {"nope": 1}):
         with pytest.raises(UserError):

@@ -22,3 +22,5 @@ def test_bad_rate_scale_is_refused():
         HLOPOptions(lr_scale="banana")
     with pytest.raises(ValueError, match="energy_lr"):
         HLOPOptions(energy_lr=0)
+    with pytest.raises(ValueError, match="lr_scale"):  # fixed rates given, but the energy scale in force
+        HLOPOptions(lr=0.05)

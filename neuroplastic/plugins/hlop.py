@@ -158,6 +158,9 @@ class HLOPOptions:
     def __post_init__(self) -> None:
         if self.lr_scale not in ("energy", "none"):
             raise ValueError(f"hlop.lr_scale must be 'energy' or 'none', got {self.lr_scale!r}")
+        if self.lr_scale == "energy" and (self.lr != 0.08 or self.lr_input != 0.008):
+            raise ValueError("hlop.lr and hlop.lr_input are fixed rates: set hlop.lr_scale = \"none\" to use "
+                             "them (the default rate is relative to the activity: hlop.energy_lr)")
         for key in ("lr", "lr_input", "energy_lr", "clip", "spiking_scale"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
