@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-from neuroplastic.config import config_from_dict
 from neuroplastic.datasets import load_digits, make_stream
 from neuroplastic.datasets.augment import augment
+
+from neuroplastic.config import config_from_dict
 from neuroplastic.errors import UserError
 
 

@@ -54,7 +54,8 @@ CONFIG = {
     # the options of docs/configs/permuted10.toml (the paper's schedule, faster Hebbian rates)
     # linear_mode "weight": every layer through project_weight_grad (the input form, which
     # "auto" picks for fc1, is checked against it in test_hlop.py)
-    "hlop": {"hebb_every": 1, "project_every": 1, "lr_scale": "none", "lr": 0.05, "lr_input": 0.01, "linear_mode": "weight"},
+    "hlop": {"hebb_every": 1, "project_every": 1, "lr_scale": "none", "lr": 0.05, "lr_input": 0.01,
+             "linear_mode": "weight"},
     "gpm": {"threshold": [0.97]},
     # 64 per-sample gradients for the Fisher (instead of 256) keep the run short; no
     # optimizer reset: EWC then differs from fine-tuning by its penalty alone, so a broken

@@ -100,7 +100,7 @@ _MODES = ("weight", "input")
 
 @dataclass
 class HLOPOptions:
-    """The ``[hlop]`` config section.
+    r"""The ``[hlop]`` config section.
 
     Defaults run within a training-time budget (at most ~30 % over fine-tuning, measured in
     docs/benchmarks.md): Hebbian iterations on every 8th minibatch, lazy projection every
