@@ -207,36 +207,18 @@ def test_eprop_ignores_recurrent_paths_that_bptt_follows(batch):
 
 
 def test_eprop_traces_match_a_hand_computed_example():
-    """One input, one LIF neuron (a = 1/2 by tau = dt / ln 2, g = 1, threshold 1), an LI
-    readout with kappa = 1/2, inputs 1.5, 0, 1.5 through w = 1: by hand,
-    v_pre = 1.5, 0.25, 1.625 -> spikes 1, 0, 1; xbar = 1.5, 0.75, 1.875 (a xbar + g x);
-    psi_t = sigma'(v_pre - 1) of the rectangle surrogate (width 1: |u| < 0.5 -> 1):
-    u = 0.5, -0.75, 0.625 -> psi = 0, 0, 0; so use the atan surrogate and check numbers."""
+    """One input, one LIF neuron (a = 1/2: tau = dt / ln 2; unit gain g = 1; threshold 1),
+    an LI readout of two outputs (kappa = 1/2, gain 1, weights +0.5 / -0.5), inputs 1.5, 0,
+    1.5: by hand v_pre = 1.5, 0.25, 1.625 -> spikes 1, 0, 1; the presynaptic trace
+    xbar = a xbar + x = 1.5, 0.75, 1.875; psi = atan surrogate'(v_pre - 1); the filtered
+    eligibility ebar = kappa ebar + psi xbar; the learning signal W_out^T err_t."""
     tau = 1e-3 / math.log(2)
-    net = mlp([1, 1, 1], tau_mem=tau, readout="li", bias=False).double()
-    net.layers["readout"].tau_mem = tau
-    net.layers["readout"].r = 2.0  # gain (1 - kappa) R = 1
-    with torch.no_grad():
-        net.layers["fc1"].weight.fill_(1.0)
-        net.layers["fc2"].weight.fill_(0.5)
-    xs = [1.5, 0.0, 1.5]
-    # by hand
     a = kappa = 0.5
     alpha = 2.0  # atan default slope
-    v, xbar, o, ebar, grad_w = 0.0, 0.0, 0.0, 0.0, 0.0
-    for x in xs:
-        v_pre = a * v + x
-        z = 1.0 if v_pre >= 1 else 0.0
-        psi = (alpha / 2) / (1 + (math.pi / 2 * alpha * (v_pre - 1)) ** 2)
-        v = v_pre - z
-        xbar = a * xbar + x
-        ebar = kappa * ebar + psi * xbar
-        o = kappa * o + 0.5 * z
-        # K = 1 output: softmax over one logit is 1, so use the error of a 2-class head below
-    # a one-output readout has zero cross-entropy gradient; build the real check with 2 outputs
+    xs = [1.5, 0.0, 1.5]
     net2 = mlp([1, 1, 2], tau_mem=tau, bias=False).double()
     net2.layers["readout"].tau_mem = tau
-    net2.layers["readout"].r = 2.0
+    net2.layers["readout"].r = 2.0  # gain (1 - kappa) R = 1
     with torch.no_grad():
         net2.layers["fc1"].weight.fill_(1.0)
         net2.layers["fc2"].weight.copy_(torch.tensor([[0.5], [-0.5]], dtype=torch.float64))
