@@ -112,8 +112,8 @@ def lif_multistep_autograd(
     """
     state = LIFState(v0)
     zs, vs = [], []
-    for t in range(x.shape[0]):
-        z, state, v_pre = lif_step(x[t], state, a, gain, v_leak, v_th, v_reset, surrogate, reset,
+    for xt in x.unbind(0):  # unbind: one O(T) backward (x[t] would fill a [T, ...] gradient per step)
+        z, state, v_pre = lif_step(xt, state, a, gain, v_leak, v_th, v_reset, surrogate, reset,
                                    detach_reset)
         zs.append(z)
         vs.append(v_pre)
@@ -128,8 +128,8 @@ def synaptic_filter(x: torch.Tensor, i0: torch.Tensor, a_syn, gain_syn) -> tuple
     """
     out = []
     i = i0
-    for t in range(x.shape[0]):
-        i = a_syn * i + gain_syn * x[t]
+    for xt in x.unbind(0):
+        i = a_syn * i + gain_syn * xt
         out.append(i)
     return torch.stack(out), i
 
@@ -138,8 +138,8 @@ def li_multistep(x: torch.Tensor, v0: torch.Tensor, a, gain, v_leak) -> tuple[to
     """Leaky integrator (no spikes): :math:`v_t = a v_{t-1} + (1-a) v_{leak} + g I_t`."""
     out = []
     v = v0
-    for t in range(x.shape[0]):
-        v = a * v + (1 - a) * v_leak + gain * x[t]
+    for xt in x.unbind(0):
+        v = a * v + (1 - a) * v_leak + gain * xt
         out.append(v)
     return torch.stack(out), v
 

@@ -246,8 +246,8 @@ class ALIF(LIF):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
         zs, vs = [], []
-        for t in range(x.shape[0]):
-            z, state, v_pre = self._step(x[t], state)
+        for xt in x.unbind(0):
+            z, state, v_pre = self._step(xt, state)
             zs.append(z)
             vs.append(v_pre)
         self.state = state

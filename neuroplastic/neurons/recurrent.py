@@ -150,14 +150,15 @@ class _Recurrent:
         hooked = bool(self.rec._forward_hooks)
         tap = (torch.zeros_like(x).requires_grad_() if hooked and torch.is_grad_enabled() else None)
         zs, vs, prev, cur = [], [], [], []
-        for t in range(x.shape[0]):
+        taps = tap.unbind(0) if tap is not None else None
+        for t, xt in enumerate(x.unbind(0)):  # unbind: an O(T) backward, not a [T, ...] fill per step
             z_prev = state.z
             r = TF.linear(z_prev.detach() if self.detach_recurrent else z_prev, w)
             if hooked:
                 cur.append(r.detach())
                 if tap is not None:
-                    r = r + tap[t]  # zero; its gradient is dL/d(W_rec z_{t-1})
-            z, inner, v_pre = self.neuron_step(x[t] + r, state.neuron)
+                    r = r + taps[t]  # zero; its gradient is dL/d(W_rec z_{t-1})
+            z, inner, v_pre = self.neuron_step(xt + r, state.neuron)
             prev.append(z_prev)
             zs.append(z)
             vs.append(v_pre)
