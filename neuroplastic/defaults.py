@@ -8,7 +8,7 @@ The encoder was ``rate`` (Bernoulli) before issue 12: on 10 permuted tasks HLOP 
 forgets 3.6-4 points (``neuroplastic run --method hlop --tasks 10``: ACC 89.5, BWT -4.0;
 on the x4 augmented proxy 90.7 / -3.6) against 1.9 and 1.0 with ``direct`` (93.2 / -1.9;
 95.4 / -1.0): Bernoulli noise spreads every task's activity over all input dimensions,
-outside the subspace HLOP protects (docs/results.md). Sized to finish in about 30 seconds
+outside the subspace HLOP protects (docs/results.md). Finishes in about 12 seconds
 on 2 CPU cores.
 """
 
