@@ -13,7 +13,6 @@ from neuroplastic.errors import UserError
 from neuroplastic.network import cnn, mlp
 from neuroplastic.trainers import TRAINERS, TrainSettings, make_trainer
 from neuroplastic.trainers.dsr import rate_map, weighted_rate
-from neuroplastic.trainers.stepping import per_step_loss
 
 B, D, K = 8, 20, 4
 
@@ -41,7 +40,7 @@ def _grads(model, name: str, x, y, T: int, encoder: str = "direct", **settings) 
 def _bptt_per_step(model, x, y, T: int) -> dict[str, torch.Tensor]:
     """Autograd through time of the online trainers' loss sum_t CE(o_t, y) / T."""
     out = model(x.unsqueeze(0).expand(T, *x.shape))
-    sum(per_step_loss(out[t], y, T) for t in range(T)).backward()
+    sum(F.cross_entropy(out[t], y) / T for t in range(T)).backward()
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 

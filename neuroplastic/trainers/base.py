@@ -156,6 +156,12 @@ class Trainer:
         ``self.targets``); return the task loss (detached scalar, penalties excluded)."""
         raise NotImplementedError
 
+    def backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backpropagate ``loss`` plus the plugins' penalty terms; return ``loss`` detached."""
+        extra = self.plugins.penalty()
+        (loss + extra if extra is not None else loss).backward()
+        return loss.detach()
+
     def add_penalty(self) -> None:
         """Backpropagate the plugins' penalty terms (EWC); they depend on weights only."""
         extra = self.plugins.penalty()

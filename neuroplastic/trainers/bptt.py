@@ -25,6 +25,4 @@ class BPTTTrainer(Trainer):
     def compute_gradients(self, x: torch.Tensor, head: int | None) -> torch.Tensor:
         logits = self.forward_logits(x, head)
         loss = F.cross_entropy(logits, self.targets)
-        extra = self.plugins.penalty()
-        (loss + extra if extra is not None else loss).backward()
-        return loss.detach()
+        return self.backward(loss)

@@ -66,10 +66,11 @@ def readout_coefficients(readout: LI, T: int, decoder: str) -> torch.Tensor:
     """The ``c_t`` with ``logits = sum_t c_t (W s_t + b)`` for an LI readout."""
     k, g = readout.coefficients()
     k, g = float(k), float(g)
-    if decoder == "mean":
-        return torch.tensor([g * sum(k ** (tp - t) for tp in range(t, T)) / T for t in range(T)])
+    tail = k ** torch.arange(T - 1, -1, -1, dtype=torch.float64)  # kappa^(T-1-t)
+    if decoder == "mean":  # g/T sum_{t' >= t} kappa^(t'-t) = g/T (sum_{j <= T-1-t} kappa^j)
+        return g / T * torch.cumsum(tail.flip(0), 0).flip(0)
     if decoder == "last":
-        return torch.tensor([g * k ** (T - 1 - t) for t in range(T)])
+        return g * tail
     raise UserError(f"the dsr trainer decodes an LI readout with decoder mean or last, got {decoder!r}")
 
 
@@ -141,6 +142,4 @@ class DSRTrainer(Trainer):
             z = z[..., head * model.n_out:(head + 1) * model.n_out]
         logits = logits_true + z - z.detach()
         loss = F.cross_entropy(logits, self.targets)
-        extra = self.plugins.penalty()
-        (loss + extra if extra is not None else loss).backward()
-        return loss.detach()
+        return self.backward(loss)

@@ -84,16 +84,16 @@ class _Layer:
         self.factorised = (not self.adaptive and neuron.reset_mode == "subtract"
                            and not isinstance(a, torch.Tensor) and not isinstance(g, torch.Tensor))
         zeros = torch.zeros(B, N, dtype=proto.dtype, device=proto.device)
-        self.v = zeros + _vec(neuron.v_leak, zeros)
+        self.v_leak, self.v_th, self.v_reset = (_vec(v, zeros) for v in (neuron.v_leak, neuron.v_th, neuron.v_reset))
+        self.v = zeros + self.v_leak
         self.b = zeros.clone()
         self.z = zeros.clone()
         if self.factorised:
             self.xbar = torch.zeros(B, self.M, dtype=proto.dtype, device=proto.device)
         else:
-            self.e_pre = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
-            self.e_v = torch.zeros_like(self.e_pre)
-            self.e_b = torch.zeros_like(self.e_pre)
-            self.e_last = torch.zeros_like(self.e_pre)
+            self.e_v = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
+            self.e_b = torch.zeros_like(self.e_v)
+            self.e_last = torch.zeros_like(self.e_v)
         self.kappa, self.g_out = kappa, g_out
         if self.factorised:
             # a ring of W pending steps: psi_tau, xbar_tau, sum_{t >= tau} kappa^(t - tau) L_t
@@ -108,7 +108,6 @@ class _Layer:
         else:
             self.ebar = torch.zeros(B, N, self.M, dtype=proto.dtype, device=proto.device)
         self.grad = torch.zeros(N, self.M, dtype=proto.dtype, device=proto.device)
-        self.kept: list[torch.Tensor] = []
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """Advance the neurons one step on input ``x [B, n_in]``; update the eligibility."""
@@ -122,15 +121,15 @@ class _Layer:
         parts.append(torch.ones_like(x[:, :1]))
         xi = torch.cat(parts, 1)  # [B, M]
         a, g = self.a, self.g
-        v_pre = a * self.v + (1 - a) * _vec(n.v_leak, self.v) + g * current
+        v_pre = a * self.v + (1 - a) * self.v_leak + g * current
         b = self.rho * self.b + (1 - self.rho) * self.z if self.adaptive else self.b
-        th = _vec(n.v_th, self.v) + self.beta * b
+        th = self.v_th + self.beta * b
         z = (v_pre - th >= 0).to(v_pre.dtype)
         psi = n.surrogate.grad(v_pre - th)
         if n.reset_mode == "subtract":
             v = v_pre - z * th
         else:
-            v = v_pre * (1 - z) + z * _vec(n.v_reset, self.v)
+            v = v_pre * (1 - z) + z * self.v_reset
         if self.factorised:
             self.xbar = a[0] * self.xbar + g[0] * xi
             W = self.ring_weight.shape[0]

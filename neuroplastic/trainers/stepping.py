@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from torch import nn
 
 from ..errors import UserError
 from ..neurons import Neuron
 from ..synapses import is_synapse
 
-__all__ = ["detach_state", "postsynaptic_leaks", "neuron_leak", "per_step_loss", "step_weight"]
-
-
-def detach_state(m: nn.Module) -> None:
-    """Cut a neuron's state from the graph of the steps before (its values stay)."""
-    st = getattr(m, "state", None)
-    if isinstance(st, torch.Tensor):
-        m.state = st.detach()
-    elif dataclasses.is_dataclass(st):
-        m.state = type(st)(**{f.name: getattr(st, f.name).detach() for f in dataclasses.fields(st)})
-    i = getattr(m, "i_state", None)
-    if isinstance(i, torch.Tensor):
-        m.i_state = i.detach()
+__all__ = ["postsynaptic_leaks", "neuron_leak", "step_weight"]
 
 
 def neuron_leak(m: Neuron) -> float:
@@ -48,12 +33,6 @@ def postsynaptic_leaks(model) -> dict[str, float]:
     if pending:
         raise UserError(f"synapse layer {pending[0]!r} is not followed by a neuron layer")
     return out
-
-
-def per_step_loss(out_t: torch.Tensor, targets: torch.Tensor, T: int) -> torch.Tensor:
-    r"""The online trainers' loss of one step, :math:`\frac1T \mathrm{CE}(o_t, y)`: the mean
-    over steps of the cross-entropy of the readout at each step (OTTT's and e-prop's loss)."""
-    return torch.nn.functional.cross_entropy(out_t, targets) / T
 
 
 def step_weight(decoder: str, t: int, T: int) -> float:
