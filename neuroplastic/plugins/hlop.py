@@ -67,6 +67,7 @@ touches ``layer.mask``; the masked projected gradient is no longer exactly ortho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ class HLOPOptions:
     def __post_init__(self) -> None:
         if self.lr_scale not in ("energy", "none"):
             raise ValueError(f"hlop.lr_scale must be 'energy' or 'none', got {self.lr_scale!r}")
-        if self.lr_scale == "energy" and (self.lr != 0.08 or self.lr_input != 0.008):
+        fixed = {f.name: f.default for f in dataclasses.fields(self) if f.name in ("lr", "lr_input")}
+        if self.lr_scale == "energy" and (self.lr, self.lr_input) != (fixed["lr"], fixed["lr_input"]):
             raise ValueError("hlop.lr and hlop.lr_input are fixed rates: set hlop.lr_scale = \"none\" to use "
                              "them (the default rate is relative to the activity: hlop.energy_lr)")
         for key in ("lr", "lr_input", "energy_lr", "clip", "spiking_scale"):
@@ -277,7 +279,8 @@ class HLOP(Plugin):
 
     def _grad_catcher(self, name: str):
         def hook(module, inputs, out):
-            if out.requires_grad and self.task > 0 and not self._lazy and self.n_old.get(name, 0) > 0:
+            if (out.requires_grad and self.task > 0 and not self._lazy and self.n_old.get(name, 0) > 0
+                    and getattr(self.trainer, "graph_through_time", True)):  # else weight form (after_backward)
                 out.register_hook(lambda g: self._gout.__setitem__(name, g.detach()))
         return hook
 
