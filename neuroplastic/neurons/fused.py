@@ -93,7 +93,7 @@ class _FusedLIF(torch.autograd.Function):
             z = v_pre > v_th
             z_all[t] = z
             if subtract:
-                v = v_pre - z * v_th
+                v = v_pre - z.to(v_pre.dtype) * v_th  # bool * float would round v_th to float32
             else:
                 v = torch.where(z, reset_value, v_pre)
         ctx.save_for_backward(v_pre_all)

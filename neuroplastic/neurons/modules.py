@@ -122,7 +122,8 @@ class Neuron(nn.Module):
 
 class LIF(Neuron):
     r"""Leaky integrate-and-fire: :math:`\tau_m \dot v = (v_{leak} - v) + R I`, spike at
-    :math:`v \ge \vartheta`, then reset (subtract or zero)."""
+    :math:`v > \vartheta` (strictly: a membrane exactly at threshold does not fire), then reset
+    (subtract or zero)."""
 
     def __init__(self, tau_mem: float = 1e-2, *, learn_tau: bool = False, **kw) -> None:
         super().__init__(**kw)
