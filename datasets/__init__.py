@@ -57,6 +57,7 @@ def make_stream(
     setting: str = "task",
     max_per_task: int | None = None,
     augment: int = 1,
+    permute_first: bool = False,
 ) -> TaskStream:
     """Load ``dataset`` and build a task stream from it.
 
@@ -76,8 +77,11 @@ def make_stream(
         augment: ``copies`` of every training image (:func:`~.augment.augment`: the
             original and ``copies - 1`` deterministic affine + elastic distortions, before
             any permutation); static square images only, the test set is unchanged.
+        permute_first: permute task 0 too (permuted streams; default: identity).
 
-    ``setting`` and ``classes_per_task`` are ignored by permuted streams.
+    ``setting`` and ``classes_per_task`` are ignored by permuted streams. Sizes that
+    cannot fit in memory (a permuted task is a copy of the data) are refused before
+    anything is built.
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -89,6 +93,9 @@ def make_stream(
     if dataset in ("mnist", "shd") and not data_dir:
         raise UserError(f"dataset {dataset!r} needs a data directory (--data-dir DIR); "
                         f"nothing is downloaded")
+    if dataset in ("digits", "cues") and data_dir:
+        raise UserError(f"a data directory applies to mnist and shd; dataset {dataset!r} reads no files "
+                        f"(got data_dir {str(data_dir)!r})")
 
     if dataset == "digits":
         train, test = load_digits(size=28, seed=0)
@@ -107,10 +114,14 @@ def make_stream(
     if augment != 1:
         if dataset in ("shd", "cues"):
             raise UserError(f"data.augment distorts images; dataset {dataset!r} holds event data")
+        from neuroplastic.resources import check_fits
+
+        check_fits(len(train) * augment * train.x[:1].numel() * train.x.element_size(),
+                   f"data.augment = {augment} copies of {len(train)} training images need")
         train = augment_images(train, augment, seed=0)
         label += f", training images x{augment} (affine + elastic distortions)"
     if stream == "permuted":
-        ts = permuted(train, test, n_tasks, seed=seed, max_per_task=max_per_task)
+        ts = permuted(train, test, n_tasks, seed=seed, permute_first=permute_first, max_per_task=max_per_task)
     else:
         ts = split(train, test, classes_per_task=classes_per_task, n_tasks=n_tasks,
                    setting=setting, seed=seed, max_per_task=max_per_task)

@@ -15,6 +15,7 @@ IDX format (LeCun): a big-endian header ``0x00 0x00 <type code> <ndim>`` followe
 from __future__ import annotations
 
 import gzip
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -80,8 +81,10 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise UserError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
     zero, code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
-    if zero != 0 or code not in _IDX_DTYPES or ndim < 1:
+    if zero != 0 or code not in _IDX_DTYPES:
         raise UserError(f"{path}: not an IDX file (bad magic number {magic:#010x})")
+    if ndim < 1:
+        raise UserError(f"{path}: IDX header declares 0 dimensions (magic {magic:#010x}); arrays need at least 1")
     if expected_magic is not None and magic != expected_magic:
         raise UserError(f"{path}: magic number {magic} but expected {expected_magic}")
     header = 4 + 4 * ndim
@@ -89,7 +92,7 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise UserError(f"{path}: truncated IDX header ({ndim} dims declared)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow for absurd dims
     if len(raw) - header != expected:
         raise UserError(f"{path}: IDX dims {dims} need {expected} data bytes, file has "
                         f"{len(raw) - header}")
@@ -114,8 +117,11 @@ def _find_idx_dir(root: Path) -> tuple[dict[str, Path] | None, list[str]]:
     return None, missing
 
 
-def _to_dataset(images: np.ndarray, labels: np.ndarray, source: str) -> ArrayDataset:
-    """Check shapes/values and build a float32 ``[n, 784]`` dataset."""
+def _to_dataset(images: np.ndarray, labels: np.ndarray, source: str,
+                labels_source: str | None = None) -> ArrayDataset:
+    """Check shapes/values and build a float32 ``[n, 784]`` dataset. Problems of the
+    labels are blamed on ``labels_source`` (their own file; default ``source``)."""
+    lsource = labels_source or source
     if images.ndim == 3 and images.shape[1:] == (28, 28):
         images = images.reshape(len(images), 784)
     if images.ndim != 2 or images.shape[1] != 784:
@@ -127,10 +133,14 @@ def _to_dataset(images: np.ndarray, labels: np.ndarray, source: str) -> ArrayDat
     if labels.ndim != 1 or len(labels) != len(images):
         raise UserError(f"{source}: {len(images)} images but labels of shape "
                         f"{list(labels.shape)}")
+    if len(images) == 0:
+        raise UserError(f"{source}: no images (the file holds 0 samples)")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{source}: labels must be integers, got {labels.dtype}")
+        raise UserError(f"{lsource}: labels must be integers, got {labels.dtype}")
     if len(labels) and (labels.min() < 0 or labels.max() >= N_CLASSES):
-        raise UserError(f"{source}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+        bad = int(np.flatnonzero((labels < 0) | (labels >= N_CLASSES))[0])
+        raise UserError(f"{lsource}: labels must lie in 0..9, got {labels.min()}..{labels.max()} "
+                        f"(first bad one: label {labels[bad]} of sample {bad})")
     if np.issubdtype(images.dtype, np.integer):
         if len(images) and (images.min() < 0 or images.max() > 255):
             raise UserError(f"{source}: integer pixels must lie in 0..255")
@@ -157,8 +167,8 @@ def _load_npz(path: Path) -> tuple[ArrayDataset, ArrayDataset]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"cannot read {path} as .npz: {exc}") from None
-    return (_to_dataset(arrays["x_train"], arrays["y_train"], f"{path}:train"),
-            _to_dataset(arrays["x_test"], arrays["y_test"], f"{path}:test"))
+    return (_to_dataset(arrays["x_train"], arrays["y_train"], f"{path}:x_train", f"{path}:y_train"),
+            _to_dataset(arrays["x_test"], arrays["y_test"], f"{path}:x_test", f"{path}:y_test"))
 
 
 def load_mnist(data_dir: str | Path) -> tuple[ArrayDataset, ArrayDataset]:
@@ -186,9 +196,9 @@ def load_mnist(data_dir: str | Path) -> tuple[ArrayDataset, ArrayDataset]:
                                 f"{paths[f'{split}_images']} but {n_lab} labels in "
                                 f"{paths[f'{split}_labels']}")
         return (_to_dataset(arrays["train_images"], arrays["train_labels"],
-                            str(paths["train_images"])),
+                            str(paths["train_images"]), str(paths["train_labels"])),
                 _to_dataset(arrays["test_images"], arrays["test_labels"],
-                            str(paths["test_images"])))
+                            str(paths["test_images"]), str(paths["test_labels"])))
     if (root / "mnist.npz").is_file():
         return _load_npz(root / "mnist.npz")
     detail = f"; missing {', '.join(missing)}" if missing else ""

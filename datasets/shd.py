@@ -57,40 +57,68 @@ def _find(root: Path, split: str) -> Path:
 
 def _bin(path: Path, time_steps: int, max_time: float, n_channels: int,
          dtype: torch.dtype) -> ArrayDataset:
-    """Read one SHD file and bin its spikes into ``[n, time_steps, n_channels]`` frames."""
+    """Read one SHD file and bin its spikes into ``[n, time_steps, n_channels]`` frames.
+
+    Every rule is checked before the frames are allocated: the three datasets exist,
+    one spike-time list and one unit list per label, equal lengths per sample, unit ids
+    whole numbers in ``0..n_channels-1``, spike times finite and >= 0, labels integers in
+    ``0..19``, and the frames fit in memory."""
+    from neuroplastic.resources import check_fits
+
     with _open_h5(path) as f:
         try:
             times_obj = f["spikes"]["times"][()]
             units_obj = f["spikes"]["units"][()]
             labels = np.asarray(f["labels"][()])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path}: not an SHD file (needs spikes/times, spikes/units and "
-                            f"labels): {exc}") from None
-    n = len(labels)
+                            f"labels): {why}") from None
+    if np.ndim(times_obj) < 1 or np.ndim(units_obj) < 1:
+        raise UserError(f"{path}: spikes/times and spikes/units must hold one list per sample, got "
+                        f"shapes {list(np.shape(times_obj))} and {list(np.shape(units_obj))}")
+    n = len(labels) if labels.ndim == 1 else -1
     if labels.ndim != 1 or len(times_obj) != n or len(units_obj) != n:
         raise UserError(f"{path}: {len(times_obj)} spike-time lists, {len(units_obj)} unit "
                         f"lists and labels of shape {list(labels.shape)} do not match")
+    if n == 0:
+        raise UserError(f"{path}: no samples")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{path}: labels must be integers, got {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= N_CLASSES):
+    if labels.min() < 0 or labels.max() >= N_CLASSES:
+        bad = int(np.flatnonzero((labels < 0) | (labels >= N_CLASSES))[0])
         raise UserError(f"{path}: labels must lie in 0..{N_CLASSES - 1}, got "
-                        f"{labels.min()}..{labels.max()}")
+                        f"{labels.min()}..{labels.max()} (first bad one: label {labels[bad]} of sample {bad})")
+    try:
+        times_list = [np.asarray(t, dtype=np.float64).reshape(-1) for t in times_obj]
+        units_list = [np.asarray(u).reshape(-1) for u in units_obj]
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: spike times and units must be numbers: {exc}") from None
 
-    lengths = np.fromiter((len(t) for t in times_obj), dtype=np.int64, count=n)
-    unit_lengths = np.fromiter((len(u) for u in units_obj), dtype=np.int64, count=n)
+    lengths = np.array([len(t) for t in times_list], dtype=np.int64)
+    unit_lengths = np.array([len(u) for u in units_list], dtype=np.int64)
     bad = np.nonzero(lengths != unit_lengths)[0]
     if len(bad):
         raise UserError(f"{path}: sample {bad[0]} has {lengths[bad[0]]} spike times but "
                         f"{unit_lengths[bad[0]]} units")
+    check_fits(n * time_steps * n_channels * torch.empty((), dtype=dtype).element_size(),
+               f"{path}: {n} samples x {time_steps} steps x {n_channels} channels need")
     x = torch.zeros(n * time_steps * n_channels, dtype=dtype)
     if lengths.sum() > 0:
-        times = np.concatenate([np.asarray(t, dtype=np.float64) for t in times_obj])
-        units = np.concatenate([np.asarray(u, dtype=np.int64) for u in units_obj])
-        if units.min() < 0 or units.max() >= n_channels:
-            raise UserError(f"{path}: spike unit ids span {units.min()}..{units.max()} but "
-                            f"n_channels={n_channels}")
+        times = np.concatenate(times_list)
+        units = np.concatenate(units_list)
+        if units.dtype.kind not in "iuf" or (units.dtype.kind == "f" and not np.all(units == np.floor(units))):
+            raise UserError(f"{path}: spike unit ids must be whole numbers, got {units.dtype} values")
         sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        keep = (times >= 0.0) & (times <= max_time)
+        if not np.all(np.isfinite(times)) or times.min() < 0:
+            i = int(np.flatnonzero(~np.isfinite(times) | (times < 0))[0])
+            raise UserError(f"{path}: spike times must be finite and >= 0 seconds; sample "
+                            f"{sample[i]} has {times[i]}")
+        if units.min() < 0 or units.max() >= n_channels:
+            raise UserError(f"{path}: spike unit ids span {units.min():.0f}..{units.max():.0f} but "
+                            f"n_channels={n_channels}")
+        units = units.astype(np.int64)
+        keep = times <= max_time
         t_bin = np.minimum((times[keep] / max_time * time_steps).astype(np.int64),
                            time_steps - 1)
         flat = (sample[keep] * time_steps + t_bin) * n_channels + units[keep]

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from neuroplastic.errors import UserError
@@ -86,6 +88,7 @@ def permuted(
     if max_per_task is not None:
         _positive_int(max_per_task, "max_per_task")
     n_inputs, time_steps = _geometry(train)
+    _check_copies_fit(train, test, n_tasks - (0 if permute_first else 1), max_per_task)
     perm_gen = torch.Generator().manual_seed(int(seed))
     cap_gen = torch.Generator().manual_seed(int(seed) + 1)
     classes = list(range(train.n_classes))
@@ -107,6 +110,19 @@ def permuted(
         description=(f"permuted: {n_tasks} tasks ({first}, seed {seed}), "
                      f"shared head of {train.n_classes} classes"),
     )
+
+
+def _check_copies_fit(train: ArrayDataset, test: ArrayDataset, copies: int, max_per_task: int | None) -> None:
+    """Refuse, before building anything, ``copies`` permuted copies of the (capped)
+    training set and the test set that would not fit in memory (each permuted task holds
+    its own copy: ``data.tasks = 100000`` on 1797 digits would need terabytes)."""
+    from neuroplastic.resources import check_fits
+
+    n_train = len(train) if max_per_task is None else min(len(train), max_per_task)
+    sample = math.prod(train.shape) * train.x.element_size()
+    check_fits(copies * (n_train + len(test)) * sample,
+               f"{copies + 1} permuted tasks (data.tasks), each a copy of {n_train} training and "
+               f"{len(test)} test samples of {math.prod(train.shape)} features, need")
 
 
 def _select(ds: ArrayDataset, classes: list[int], remap: bool, n_out: int) -> ArrayDataset:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .errors import UserError
+from .errors import Interrupted, RunStopped, UserError
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how gradients are computed: bptt (default), ottt (online = ottt), eprop, dsr")
     r.add_argument("--sparsity", type=float, help="final sparsity of sparse methods (0..1)")
     r.add_argument("--seed", type=int)
-    r.add_argument("--out", help="run directory (default runs/<name>)")
+    r.add_argument("--out", help="run directory (default runs/<config name>, runs/default without a config)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--force", action="store_true", help="replace an existing run directory (its files are removed)")
     r.add_argument("--plot", action="store_true", help="write the figures and report.html at the end (RUN/report/)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("export", help="write a trained network as NIR or a sparse HDF5 archive")
@@ -94,12 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_overrides(cfg, a):
-    from .config import DataConfig, revalidate
+    from .config import FILE_DATASETS, SEED_MAX, DataConfig, revalidate
+    from .plugins import REGISTRY
 
     data = {}
     if a.dataset:
         data["dataset"] = a.dataset
-    if a.data_dir:
+        if a.dataset not in FILE_DATASETS and a.data_dir is None:
+            data["data_dir"] = None  # the config's directory was for the dataset replaced here
+    if a.data_dir is not None:
+        dataset = a.dataset or cfg.data.dataset
+        if dataset not in FILE_DATASETS:
+            raise UserError(f"--data-dir applies to --dataset mnist or shd; dataset {dataset!r} reads no files")
+        if not a.data_dir.strip():
+            raise UserError("--data-dir must name a directory, got an empty string")
         data["data_dir"] = a.data_dir
     if a.stream:
         data["stream"] = a.stream
@@ -116,9 +126,20 @@ def _apply_overrides(cfg, a):
         train["trainer"] = a.trainer
     if train:
         cfg = replace(cfg, train=type(cfg.train)(**{**cfg.train.__dict__, **train}))
-    if a.method:
-        cfg = replace(cfg, methods=[m.strip() for m in a.method.split(",") if m.strip()])
+    if a.method is not None:
+        methods = [m.strip() for m in a.method.split(",")]
+        if not any(methods):
+            raise UserError(f"--method is empty; name one or more of {', '.join(sorted(REGISTRY))} "
+                            f"(a+b composes, a,b runs side by side)")
+        if not all(methods):
+            raise UserError(f"--method {a.method!r} has an empty name beside a ','")
+        for m in methods:
+            if methods.count(m) > 1:
+                raise UserError(f"--method {a.method!r} names {m!r} twice; each method runs once")
+        cfg = replace(cfg, methods=methods)
     if a.seed is not None:
+        if not 0 <= a.seed <= SEED_MAX:
+            raise UserError(f"--seed must be an integer from 0 to {SEED_MAX} (torch's 64-bit seed), got {a.seed}")
         cfg = replace(cfg, seed=a.seed)
     if a.out:
         cfg = replace(cfg, out=a.out)
@@ -140,17 +161,62 @@ def _apply_overrides(cfg, a):
 SPARSE_METHODS = ("granet", "gmp", "rigl", "set", "static")
 
 
-def _cmd_run(a) -> int:
-    from .config import RunConfig, load_config
-    from .continual import run
+#: ``run`` options that change what is computed (refused with ``--resume``, which reruns
+#: the run's own ``config.toml``)
+_RUN_OVERRIDES = ("method", "dataset", "data_dir", "stream", "tasks", "augment", "epochs", "trainer",
+                  "sparsity", "seed", "out", "force")
+
+
+def _config_out(path: str) -> str | None:
+    """The ``out`` a config file sets itself (``None`` when it leaves it to the default)."""
+    from pathlib import Path
+
+    from .config import tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text()).get("out")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _run_config(a):
+    """The config of ``neuroplastic run``: the file (or the embedded default), then the
+    command-line overrides; ``--resume`` takes the run's own ``config.toml`` as it is."""
+    from pathlib import Path
+
+    from .config import load_config
     from .defaults import default_config
 
-    cfg = load_config(a.config) if a.config else default_config()
-    if not a.config and not a.out:
-        cfg = replace(cfg, out="runs/default")
-    cfg = _apply_overrides(cfg, a)
-    assert isinstance(cfg, RunConfig)
-    run(cfg)
+    if a.out is not None and not a.out.strip():
+        raise UserError("--out must name a directory, got an empty string")
+    if a.resume:
+        given = [f"--{k.replace('_', '-')}" for k in _RUN_OVERRIDES if getattr(a, k) not in (None, False)]
+        if a.config or given:
+            raise UserError(f"--resume continues a run with its own config.toml; drop "
+                            f"{', '.join(([a.config] if a.config else []) + given)}")
+        root = Path(a.resume)
+        if not (root / "config.toml").is_file():
+            raise UserError(f"cannot resume {root}: not a run directory (no config.toml)")
+        cfg = replace(load_config(root / "config.toml"), out=str(root))
+        return replace(cfg, quiet=True) if a.quiet else cfg
+    if a.config:
+        cfg = load_config(a.config)
+        if not a.out and _config_out(a.config) is None:
+            cfg = replace(cfg, out=f"runs/{Path(a.config).stem}")
+    else:
+        cfg = default_config()
+        if not a.out:
+            cfg = replace(cfg, out="runs/default")
+    return _apply_overrides(cfg, a)
+
+
+def _cmd_run(a) -> int:
+    from .continual import run
+
+    cfg = _run_config(a)
+    from .distributed import init_from_env
+    init_from_env(cfg.device)  # under torchrun (WORLD_SIZE > 1): join the process group
+    run(cfg, resume=bool(a.resume), force=a.force)
     if a.plot:
         return _cmd_plot(argparse.Namespace(runs=[cfg.out], output=None, no_animation=False))
     return 0
@@ -217,8 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"neuroplastic: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("neuroplastic: interrupted (checkpoints up to the last finished task are kept)", file=sys.stderr)
+    except RunStopped as exc:  # Ctrl-C / SIGTERM at a safe point, or a diverging loss
+        print(f"neuroplastic: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        print("neuroplastic: interrupted at once (the checkpoints already written are kept; "
+              "continue with --resume RUN_DIR)", file=sys.stderr)
         return 130
 
 

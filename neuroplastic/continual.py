@@ -15,21 +15,25 @@ nothing about kernels or neuron models; methods know nothing about each other.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import RunConfig, to_toml
+from .config import RunConfig
+from .distributed import is_main
 from .encoders import make_encoder
-from .errors import UserError
-from .io import save_checkpoint, write_json, write_text
+from .errors import Interrupted, RunStopped, UserError
+from .interrupt import StopRequest, stop_on_signals
 from .metrics import summarize
 from .network import SNN, cnn, mlp
 from .plugins import build_plugins
+from .provenance import now_utc as provenance_now
+from .provenance import provenance
 from .records import TaskProbe
-from .runfile import checkpoint_name, write_run_h5
+from .rundir import MethodDir, RunDir, capture_state, restore_state
 from .trainers import make_trainer
 
 __all__ = ["build_model", "build_stream", "run_encoder", "run_method", "run", "format_table", "model_sparsity"]
@@ -118,55 +122,134 @@ def run_encoder(cfg: RunConfig, stream, model: SNN) -> _Encoded:
     return _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
 
 
-def run_method(cfg: RunConfig, method: str, stream, out_dir: Path) -> dict[str, Any]:
-    """Run one method over the stream; write its run directory; return its metrics."""
+def _build(cfg: RunConfig, method: str, stream):
+    """Model, plugins and trainer of one method, from the run's seed."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, stream)
     encoder = run_encoder(cfg, stream, model)
     plugins = build_plugins(method, cfg.plugins)
-    trainer = make_trainer(model, encoder, cfg.train, plugins, cfg.device, cfg.seed, cfg.quiet)
-    T = len(stream.tasks)
-    baseline = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
-    R: list[list[float]] = []
-    losses: dict[str, Any] = {}
-    probe = TaskProbe(trainer, stream)
-    t0 = time.perf_counter()
-    dormant: dict[str, float] = {}
-    for i, task in enumerate(stream.tasks):
-        plugins.on_task_start(i, task)
-        sources = plugins.train_sources(i, stream, [(task.train, task.head)])
-        losses[f"task_{i}"] = trainer.train_task(sources, i, desc=f"{method} task {i + 1}/{T}")
-        plugins.on_task_end(i, task)
-        R.append([trainer.evaluate(t.test, t.head) for t in stream.tasks])
-        sparsity = model_sparsity(model)
-        dormant = probe.after_task(i, sparsity)
-        wall = time.perf_counter() - t0
-        R_done = [row[: i + 1] for row in R]
+    return make_trainer(model, encoder, cfg.train, plugins, cfg.device, cfg.seed, cfg.quiet)
+
+
+class _MethodRun:
+    """One method's pass over the stream: its trainer, its records so far and its files."""
+
+    def __init__(self, cfg: RunConfig, method: str, stream, mdir: MethodDir, stop: StopRequest | None) -> None:
+        self.cfg, self.method, self.stream, self.mdir, self.stop = cfg, method, stream, mdir, stop
+        self.trainer = _build(cfg, method, stream)
+        self.probe = TaskProbe(self.trainer, stream)
+        self.R: list[list[float]] = []
+        self.baseline: list[float] = []
+        self.losses: dict[str, list[float]] = {}
+        self.t0 = time.perf_counter()
+        self.last_save = self.t0
+        self.started = provenance_now()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        rec = restore_state(self.trainer, state)
+        self.R, self.baseline, self.losses = rec["acc_matrix"], rec["baseline"], rec["losses"]
+        self.probe.tree = rec["probe"]
+        self.t0 = time.perf_counter() - rec["wall_s"]
+
+    def save(self, task: int, position: dict | None) -> None:
+        state = capture_state(self.trainer, method=self.method, task=task, position=position, acc_matrix=self.R,
+                              baseline=self.baseline, losses=self.losses, probe=self.probe.tree,
+                              wall_s=time.perf_counter() - self.t0)
+        if position is None:
+            self.mdir.save_task_end(task, state)
+        else:
+            self.mdir.save_in_task(state)
+        self.last_save = time.perf_counter()
+
+    def after_step(self, position: dict) -> None:
+        """The trainer's safe point: periodic in-task checkpoint; stop when asked."""
+        stopping = self.stop is not None and self.stop.requested()
+        task = self.trainer.task_id
+        if stopping or time.perf_counter() - self.last_save >= self.cfg.checkpoint_every:
+            self.losses[f"task_{task}"] = position["losses"]
+            self.save(task, position)
+        if stopping:
+            name = signal.Signals(self.stop.signum).name
+            raise Interrupted(f"stopped by {name} in task {task + 1}/{len(self.stream.tasks)} of {self.method}",
+                              self.stop.signum)
+
+    def run(self) -> dict[str, Any]:
+        stream, plugins, trainer = self.stream, self.trainer.plugins, self.trainer
+        T = len(stream.tasks)
+        state = self.mdir.latest_state()
+        first, resume_in = 0, None
+        if state is None:
+            self.baseline = [trainer.evaluate(t.test, t.head) for t in stream.tasks]
+        elif state["position"] is None:  # a finished task: continue with the next
+            self.restore(state)
+            first = int(state["task"]) + 1
+        else:  # inside a task: the state its on_task_start saw first (the previous task's end)
+            first, resume_in = int(state["task"]), state
+            previous = self.mdir.task_state(first - 1) if first > 0 else None
+            if previous is not None:
+                self.restore(previous)
+        metrics = self.mdir.read_metrics() or {} if first >= T else {}
+        for i in range(first, T):
+            task = stream.tasks[i]
+            plugins.on_task_start(i, task)
+            position = None
+            if resume_in is not None and i == first:
+                self.restore(resume_in)  # after on_task_start's side effects, which it overwrites
+                position = resume_in["position"]
+            sources = plugins.train_sources(i, stream, [(task.train, task.head)])
+            self.last_save = time.perf_counter()
+            self.losses[f"task_{i}"] = trainer.train_task(sources, i, desc=f"{self.method} task {i + 1}/{T}",
+                                                          resume=position, after_step=self.after_step)
+            plugins.on_task_end(i, task)
+            self.R.append([trainer.evaluate(t.test, t.head) for t in stream.tasks])
+            metrics = self.task_done(i)
+        return metrics
+
+    def task_done(self, i: int) -> dict[str, Any]:
+        """Record task ``i``: probe, metrics, checkpoint, ``run.h5``, ``metrics.json``."""
+        stream, plugins, R, T = self.stream, self.trainer.plugins, self.R, len(self.stream.tasks)
+        sparsity = model_sparsity(self.trainer.model)
+        dormant = self.probe.after_task(i, sparsity)
+        wall = time.perf_counter() - self.t0
+        names = [t.name for t in stream.tasks]
         metrics = {
-            "method": method,
+            "method": self.method,
+            "status": "complete" if i == T - 1 else "running",
             "acc_matrix": R,
-            **summarize(R_done, baseline[: i + 1]),
-            "baseline": baseline,
+            **summarize([row[: i + 1] for row in R], self.baseline[: i + 1]),
+            "baseline": self.baseline,
             "tasks_done": i + 1,
-            "tasks": [t.name for t in stream.tasks],
+            "tasks": names,
             "wall_s": wall,
             "sparsity": sparsity["overall"],
             "sparsity_per_layer": sparsity,
             "dormant_ratio": dormant,
             **plugins.metrics(),
+            "seed": self.cfg.seed,
+            "provenance": provenance(self.cfg.seed, self.started, provenance_now() if i == T - 1 else None),
         }
-        save_checkpoint(out_dir / checkpoint_name(i), {
-            "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-            "plugins": plugins.state_dict(), "task": i, "acc_matrix": R, "baseline": baseline,
-            "generator": trainer.generator.get_state(), "method": method,
-        })
-        write_run_h5(out_dir / "run.h5",
-                     {"acc_matrix": R, "baseline": baseline, "losses": losses, **probe.tree,
-                      "plugins": plugins.records()},
-                     {"method": method, "tasks": [t.name for t in stream.tasks],
-                      "acc": metrics["acc"], "bwt": metrics["bwt"], "fwt": metrics["fwt"], "wall_s": wall})
-        write_json(out_dir / "metrics.json", metrics)
-    return metrics
+        self.save(i, None)
+        tree = {"acc_matrix": R, "baseline": self.baseline, "losses": self.losses, **self.probe.tree,
+                "plugins": plugins.records()}
+        attrs = {"method": self.method, "tasks": names, "acc": metrics["acc"], "bwt": metrics["bwt"],
+                 "fwt": metrics["fwt"], "wall_s": wall, "seed": self.cfg.seed, "status": metrics["status"],
+                 "provenance": metrics["provenance"]}
+        self.mdir.write_results(metrics, tree, attrs)
+        return metrics
+
+
+def run_method(cfg: RunConfig, method: str, stream, mdir: MethodDir | Path,
+               stop: StopRequest | None = None) -> dict[str, Any]:
+    """Run one method over the stream (continuing from ``mdir``'s last checkpoint when it
+    has one); write its run directory; return its metrics.
+
+    ``stop`` (set by Ctrl-C / SIGTERM) is read after every step: the run then writes an
+    in-task checkpoint and raises :class:`~neuroplastic.errors.Interrupted`. An in-task
+    checkpoint is also written every ``cfg.checkpoint_every`` seconds.
+    """
+    if not isinstance(mdir, MethodDir):
+        mdir = MethodDir(Path(mdir), method)
+    return _MethodRun(cfg, method, stream, mdir, stop).run()
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -181,30 +264,51 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: RunConfig, echo=print) -> dict[str, dict[str, Any]]:
-    """Run every method of ``cfg`` and write ``cfg.out`` (one subdirectory per method when
-    there are several). Returns ``{method: metrics}``."""
+def run(cfg: RunConfig, echo=print, *, resume: bool = False, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Run every method of ``cfg`` into ``cfg.out`` (one subdirectory per method when there
+    are several); returns ``{method: metrics}``.
+
+    The stream, every network and every plugin are built (and so validated) before the
+    directory is touched. An existing non-empty directory is refused unless ``resume``
+    (methods already complete are read back, the others continue from their last
+    checkpoint) or ``force`` (its files are removed first). Ctrl-C and SIGTERM stop at the
+    next step: checkpoint, results so far, the table of finished methods, then
+    :class:`~neuroplastic.errors.Interrupted`.
+    """
+    rundir = RunDir.open(cfg, resume=resume, force=force)
     stream = build_stream(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", to_toml(cfg))
-    results = {}
-    for method in cfg.methods:
-        mdir = out / method if len(cfg.methods) > 1 else out
-        if mdir != out:
-            write_text(mdir / "config.toml", to_toml(_single(cfg, method)))
-        results[method] = run_method(cfg, method, stream, mdir)
-    if len(cfg.methods) > 1:
-        write_json(out / "summary.json", {m: {k: r[k] for k in ("acc", "bwt", "fwt", "wall_s", "sparsity")}
-                                          for m, r in results.items()})
-    echo(f"{stream.description}: {len(stream.tasks)} tasks -> {out}")
-    echo(format_table(results))
+    for method in cfg.methods:  # fail on a bad model/plugin/trainer combination now, not after task 3
+        _build(cfg, method, stream)
+    created = not rundir.root.exists()
+    rundir.create(resume=resume, force=force)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with stop_on_signals() as stop:
+            for method in cfg.methods:
+                mdir = rundir.method(method)
+                results[method] = mdir.read_metrics() if resume and mdir.complete() else \
+                    run_method(cfg, method, stream, mdir, stop)
+    except RunStopped as exc:
+        status = "interrupted" if isinstance(exc, Interrupted) else "diverged"
+        m = rundir.method(method).set_status(status)
+        if m is not None:
+            results[method] = m
+        rundir.write_summary(results)
+        if is_main():
+            if results:
+                echo(format_table(results))
+            if isinstance(exc, Interrupted):
+                exc.args = (f"{exc.args[0]}; checkpoint written. Continue with: "
+                            f"neuroplastic run --resume {rundir.root}",)
+            else:
+                exc.args = (f"{exc.args[0]}; the last good checkpoint is kept in {rundir.method(method).path}",)
+        raise
+    except BaseException:
+        if created:
+            rundir.remove_if_unused()
+        raise
+    rundir.write_summary(results)
+    if is_main():
+        echo(f"{stream.description}: {len(stream.tasks)} tasks -> {rundir.root}")
+        echo(format_table(results))
     return results
-
-
-def _single(cfg: RunConfig, method: str) -> RunConfig:
-    from dataclasses import replace
-
-    return replace(cfg, methods=[method])
-
-

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,16 +67,48 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the message below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if path.stat().st_size == 0:
-            why = "the file is empty"
-        elif not zipfile.is_zipfile(path):
-            why = "not a torch.save file (corrupt or foreign bytes)"
-        elif why.startswith("Weights only load failed"):  # torch's advice to drop weights_only is unsafe
-            why = "it holds objects other than tensors and plain values (not loaded: that could run code)"
-        raise UserError(f"cannot read checkpoint {path}: {why}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_checkpoint_problem(path, exc)}") from None
+
+
+def _checkpoint_problem(path: Path, exc: Exception) -> str:
+    """One line saying why ``torch.load`` failed on ``path`` (never torch's advice to load
+    with ``weights_only=False``, which would run whatever code the file holds)."""
+    text = str(exc).strip()
+    why = text.splitlines()[0] if text else type(exc).__name__
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        return err.strerror or str(err)
+    if not head:
+        return "the file is empty"
+    refused = "weights only load failed" in text.lower() or "weights_only" in text
+    objects = "it holds objects other than tensors and plain values (not loaded: that could run code)"
+    if not zipfile.is_zipfile(path):
+        if head == b"PK\x03\x04":  # a zip archive without its end: cut short
+            return "the file is truncated (an incomplete torch.save archive)"
+        if refused and head[:1] == b"\x80":  # a pickle: the legacy torch.save format
+            return objects
+        return "not a torch.save file (corrupt or foreign bytes)"
+    if refused:
+        return objects
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return "the file is damaged (an unreadable torch.save archive)"
+    if not any(n.endswith("/data.pkl") for n in names):
+        return "a zip archive but not a torch.save file"
+    if bad is not None:
+        return f"the file is damaged ({bad} fails its checksum)"
+    return f"the file is damaged ({type(exc).__name__}: {why[:200]})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any
 
 from ..errors import UserError
@@ -38,15 +39,58 @@ def plugin_class(name: str) -> type[Plugin]:
 
 
 def parse_method(method: str) -> list[str]:
-    """``"hlop+granet"`` -> ``["hlop", "granet"]`` (validated)."""
-    names = [m.strip() for m in str(method).split("+") if m.strip()]
-    if not names:
-        raise UserError("empty method name")
+    """``"hlop+granet"`` -> ``["hlop", "granet"]`` (validated: known names, none empty,
+    none twice)."""
+    if not isinstance(method, str):
+        raise UserError(f"a method must be a name such as 'hlop' or 'hlop+granet', got {method!r}")
+    names = [m.strip() for m in method.split("+")]
+    if not any(names):
+        raise UserError(f"empty method name {method!r}; choose from {', '.join(sorted(REGISTRY))}")
+    if not all(names):
+        raise UserError(f"method {method!r} has an empty name beside a '+'")
     for n in names:
         plugin_class(n)
     if len(set(names)) != len(names):
         raise UserError(f"method {method!r} names a plugin twice")
     return names
+
+
+def _option_type_error(name: str, f: dataclasses.Field, value: Any) -> str | None:
+    """Why ``value`` does not fit option ``f``'s annotation (``None`` when it does).
+
+    Integers are not booleans, numbers are finite (an int is fine for a float), lists
+    hold finite numbers or strings only, and nothing is a table unless declared one."""
+    kinds = [t.strip() for t in str(f.type).split("|")]
+    if value is None:
+        return None if "None" in kinds else "must not be empty"
+    if isinstance(value, bool):
+        return None if "bool" in kinds else f"must be {_wanted(kinds)}, got {value!r}"
+    if isinstance(value, int | float):
+        if "float" in kinds or ("int" in kinds and isinstance(value, int)):
+            return None if math.isfinite(value) else f"must be a finite number, got {value!r}"
+        return f"must be {_wanted(kinds)}, got {value!r}"
+    if isinstance(value, str):
+        return None if "str" in kinds else f"must be {_wanted(kinds)}, got {value!r}"
+    if isinstance(value, list | tuple):
+        if "list" not in kinds:
+            return f"must be {_wanted(kinds)}, got {value!r}"
+        for x in value:
+            ok = isinstance(x, str) or (isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x))
+            if not ok:
+                return f"must be a list of finite numbers or names, got {value!r}"
+        return None
+    return f"must be {_wanted(kinds)}, got {value!r}"
+
+
+def _wanted(kinds: list[str]) -> str:
+    words = {"int": "an integer", "float": "a number", "str": "a string", "list": "a list", "bool": "true or false"}
+    return " or ".join(words.get(k, k) for k in kinds if k != "None")
+
+
+#: list options whose entries are layer names
+_NAME_LISTS = ("layers", "exclude")
+#: list options whose entries are subspace sizes: a count, or a fraction in (0, 1] of the layer
+_SIZE_LISTS = ("init_size", "inc_size")
 
 
 def options_for(name: str, values: dict[str, Any] | None) -> Any:
@@ -58,14 +102,24 @@ def options_for(name: str, values: dict[str, Any] | None) -> Any:
         if values:
             raise UserError(f"method {name!r} takes no options, got {', '.join(values)}")
         return None
-    fields = {f.name for f in dataclasses.fields(opts_cls)}
-    for key in values:
+    fields = {f.name: f for f in dataclasses.fields(opts_cls) if f.init}
+    for key, value in values.items():
         if key not in fields:
             raise UserError(f"unknown key {name}.{key}; valid keys: {', '.join(sorted(fields))}")
+        why = _option_type_error(name, fields[key], value)
+        if why is None and key in _NAME_LISTS and isinstance(value, list | tuple):
+            if not all(isinstance(x, str) and x for x in value):
+                why = f"must be a list of layer names, got {value!r}"
+        if why is None and key in _SIZE_LISTS and isinstance(value, list | tuple):
+            if not value or not all(isinstance(x, int | float) and x >= 0 for x in value):
+                why = f"must be a non-empty list of sizes >= 0 (counts, or fractions in (0, 1]), got {value!r}"
+        if why is not None:
+            raise UserError(f"{name}.{key} {why}")
     try:
         return opts_cls(**values)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad value in [{name}]: {exc}") from None
+        msg = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(msg if msg.startswith(f"{name}.") else f"bad value in [{name}]: {msg}") from None
 
 
 def build_plugins(method: str, options: dict[str, dict[str, Any]] | None = None) -> PluginList:

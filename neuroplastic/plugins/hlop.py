@@ -75,12 +75,14 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..synapses import Conv2d
 from .base import Plugin
 from .projection import (
     activity_matrix,
     collect_activity,
     energy_fraction,
+    gather_activity,
     hebbian_update,
     input_dim,
     is_weight,
@@ -372,6 +374,9 @@ class HLOP(Plugin):
         for n in self.layers:
             if o.orthonormalize:
                 self.H[n] = orthonormalize(self.H[n])
+            # data parallel: rank 0's rows, bit for bit (they are computed from the same
+            # gathered activity on every rank; this guards against rounding on mixed hardware)
+            self.H[n] = distributed.broadcast_tensor(self.H[n], 0, device=self.H[n].device)
             M = self.H[n].shape[0]
             self.n_old[n] = M
             self.mom[n] = self.H[n].new_zeros(0, self.dims[n])
@@ -410,7 +415,10 @@ class HLOP(Plugin):
                 if gout is None or layer.last_input is None:
                     g.copy_(project_weight_grad(g, H_old))
                 else:
-                    g.sub_(self._input_correction(n, layer, layer.last_input, gout, H_old))
+                    corr = self._input_correction(n, layer, layer.last_input, gout, H_old)
+                    # data parallel: g is the global gradient already; the correction is
+                    # a sum over this rank's samples, combined like the gradients
+                    g.sub_(distributed.weighted_sum(corr, self.trainer.shard_weight))
         self.projection_s += time.perf_counter() - t0
 
     def _cheaper_mode(self, layer, M: int) -> str:
@@ -422,7 +430,9 @@ class HLOP(Plugin):
         if x is None or layer.weight.ndim != 2:
             return "weight"
         C, D = layer.weight.shape
-        n = x.shape[1] if (x.shape[0] > 1 and x.stride(0) == 0) else x.shape[0] * x.shape[1]
+        # the global batch (data parallel: every rank must take the same mode)
+        B = sum(self.trainer.shard_sizes) if distributed.is_distributed() else x.shape[1]
+        n = B if (x.shape[0] > 1 and x.stride(0) == 0) else x.shape[0] * B
         weight_cost = 2 * C * D * M
         input_cost = n * D * M + min(n * D * (M + C), n * C * M + C * M * D)
         return "input" if input_cost < weight_cost else "weight"
@@ -475,6 +485,9 @@ class HLOP(Plugin):
             x = layer.last_input
             if x is None or self.H[n].shape[0] == 0:
                 continue
+            # data parallel: the activity of the whole global minibatch, so every rank's H
+            # takes the 1-process update
+            x = gather_activity(x, self.trainer.shard_sizes)
             X = activity_matrix(layer, x, o.activity, o.rate_tau).to(self.H[n].dtype)
             cached = self._old_cache.pop(n, None)
             old = cached[1:] if cached is not None and cached[0] is x else None
@@ -544,6 +557,8 @@ class HLOP(Plugin):
             "projection_s": self.projection_s,
             "anchor": {n: t.detach().cpu().clone() for n, t in self.anchor.items()},
             "steps": self._steps,
+            "act_sum": {n: t.detach().cpu().clone() for n, t in self._act_sum.items()},
+            "act_n": self._act_n,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -560,7 +575,9 @@ class HLOP(Plugin):
         self.activity = {n: [a.clone() for a in v] for n, v in state["activity"].items()}
         self.hebbian_s = float(state.get("hebbian_s", 0.0))
         self.projection_s = float(state.get("projection_s", 0.0))
-        self._act_sum = {n: torch.zeros(h.shape[0], device=h.device) for n, h in self.H.items()}
-        self._act_n = 0
+        zeros = {n: torch.zeros(h.shape[0], device=h.device) for n, h in self.H.items()}
+        self._act_sum = {n: t.to(zeros[n]) for n, t in state.get("act_sum", zeros).items()}
+        self._act_n = int(state.get("act_n", 0))
+        self._lazy_basis, self._old_cache = {}, {}  # derived from H: rebuilt when next needed
         self.anchor = {n: t.to(dev) if dev else t.clone() for n, t in state.get("anchor", {}).items()}
         self._steps = int(state.get("steps", 0))
