@@ -260,6 +260,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
     lines = [f"{'method':<22} {'ACC':>6} {'BWT':>6} {'FWT':>6} {'sparsity':>8} {'time s':>7}"]
     for name, m in results.items():
+        if m.get("status") not in (None, "complete"):
+            name = f"{name} ({m['status']}, {m.get('tasks_done', 0)}/{len(m.get('tasks', []))})"
         lines.append(f"{name:<22} {f(m['acc'])} {f(m['bwt'])} {f(m['fwt'])} {m['sparsity']:8.2f} {m['wall_s']:7.1f}")
     return "\n".join(lines)
 
