@@ -4,9 +4,11 @@ messages; the work is in :mod:`.nir_graph`, :mod:`.archive`, :mod:`.source` and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,48 @@ def _note(msg: str) -> None:
     print(f"neuroplastic: note: {msg}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _output_dirs(out: Path) -> Iterator[None]:
+    """The directories of ``-o`` that do not exist yet are made by the write; if the
+    command fails they are removed again (nothing left behind)."""
+    missing = []
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    try:
+        yield
+    except BaseException:
+        for d in missing:  # innermost first; stop at one that holds something
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _check_finite(model, where: str) -> None:
+    """Refuse a network with NaN or infinite weights (a NIR graph's are not checked on
+    import; every simulated spike would be garbage)."""
+    import torch
+
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: {name} has NaN or infinite values")
+
+
 def export_command(a) -> int:
+    out = Path(a.output)
+    if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r or a.head is not None):
+        raise UserError("--dt, --integration, --fold-r and --head apply to --format nir "
+                        "(the archive keeps the model's own timing and every head)")
+    if out.exists() and out.is_dir():
+        raise UserError(f"-o {out} is a directory; give a file name")
+    with _output_dirs(out):
+        return _export(a, out)
+
+
+def _export(a, out: Path) -> int:
     from ..config import to_toml
     from ..continual import build_stream
     from .archive import save_archive
@@ -49,12 +92,6 @@ def export_command(a) -> int:
     from .quantize import quantize_model
     from .source import load_run_model
 
-    out = Path(a.output)
-    if a.format == "h5" and (a.dt is not None or a.integration is not None or a.fold_r or a.head is not None):
-        raise UserError("--dt, --integration, --fold-r and --head apply to --format nir "
-                        "(the archive keeps the model's own timing and every head)")
-    if out.exists() and out.is_dir():
-        raise UserError(f"-o {out} is a directory; give a file name")
     rm = load_run_model(a.source, a.method, a.task)
     model = rm.model
     info: dict[str, Any] = {"source": str(rm.path), "method": rm.method, "task": rm.task}
@@ -97,11 +134,13 @@ def simulate_command(a) -> int:
         model = load_model(a.model, a.dt, a.integration)
     for w in caught:
         _note(str(w.message))
+    _check_finite(model, str(a.model))
     x = load_input(a.input)
     try:
         T, B = _check_input(x, model, str(a.input))  # before indexing x.shape (0-d / 1-d inputs)
-        rates = simulate(model, x, out, batch=a.batch, record=record, dt=a.dt, quiet=a.quiet,
-                         attrs={"model": str(a.model), "input": str(a.input)}, where=str(a.input))
+        with _output_dirs(out):
+            rates = simulate(model, x, out, batch=a.batch, record=record, dt=a.dt, quiet=a.quiet,
+                             attrs={"model": str(a.model), "input": str(a.input)}, where=str(a.input))
     finally:
         if hasattr(x, "file"):  # an h5py dataset: close its file
             x.file.close()
