@@ -74,9 +74,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickles: the message below says it all
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
         raise UserError(f"cannot read checkpoint {path}: {_checkpoint_problem(path, exc)}") from None
+    bad = _failed_checksum(path)  # torch does not check the CRCs: damaged tensor bytes load silently
+    if bad is not None:
+        raise UserError(f"cannot read checkpoint {path}: the file is damaged ({bad} fails its checksum)")
+    return state
+
+
+def _failed_checksum(path: Path) -> str | None:
+    """The first member of a zip-format checkpoint whose CRC does not match (or ``None``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return None  # not a zip (the legacy format) or unreadable: torch.load had its say
 
 
 def _checkpoint_problem(path: Path, exc: Exception) -> str:
