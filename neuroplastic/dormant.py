@@ -110,6 +110,25 @@ class FiringRateMonitor:
             out["overall"] = float(torch.cat(masks).float().mean())
         return out
 
+    def all_reduce(self) -> None:
+        """Data parallel: add up the ranks' sums and counts (each rank saw its shard of the
+        minibatches), so every rank holds the rates of the whole minibatches. A layer some
+        rank has not seen is fine (it adds nothing). No-op in a single process."""
+        from . import distributed
+
+        if not distributed.is_distributed():
+            return
+        mine = {k: (v.detach().cpu(), self.counts[k]) for k, v in self.sums.items()}
+        device = next((v.device for v in self.sums.values()), torch.device("cpu"))
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for part in distributed.all_gather_object(mine):
+            for k, (v, c) in part.items():
+                sums[k] = v if k not in sums else sums[k] + v
+                counts[k] = counts.get(k, 0) + int(c)
+        self.sums = {k: v.to(device) for k, v in sums.items()}
+        self.counts = counts
+
     def clear(self) -> None:
         self.sums, self.counts = {}, {}
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..dormant import FiringRateMonitor, perturb_factor
 from ..errors import UserError
 from ..sparse import sparse_layers
@@ -156,7 +157,8 @@ class DormantMonitor(Plugin):
             }
 
     def before_forward(self) -> None:
-        self.monitor.enabled = True  # training minibatches only
+        # training minibatches only (data parallel: not the stand-in sample of an empty shard)
+        self.monitor.enabled = not getattr(self.trainer, "shard_empty", False)
 
     def after_step(self) -> None:
         self.monitor.enabled = False
@@ -172,10 +174,11 @@ class DormantMonitor(Plugin):
             self.perturb()
 
     def on_task_end(self, task_id, task) -> None:
-        if self.monitor.counts:
+        if distributed.any_rank(bool(self.monitor.counts)):
             self._log()
 
     def _log(self) -> None:
+        self.monitor.all_reduce()  # data parallel: the firing counts of every rank's shard
         ratios = self.monitor.ratios(self.opts.tau)
         self.monitor.clear()
         if not ratios:
@@ -191,7 +194,7 @@ class DormantMonitor(Plugin):
 
     def perturb(self) -> float:
         """Apply DrM's perturbation now (beta = the last overall dormant ratio); returns a."""
-        if not self.last and self.monitor.counts:
+        if not self.last and distributed.any_rank(bool(self.monitor.counts)):
             self._log()
         beta = self.last.get("overall", 0.0)
         o = self.opts

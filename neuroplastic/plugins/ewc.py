@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from .base import Plugin
 from .projection import reset_optimizer_state
 
@@ -80,7 +81,12 @@ class EWC(Plugin):
         self.task = task_id
 
     def estimate_fisher(self, ds, head: int | None) -> dict[str, torch.Tensor]:
-        """Diagonal Fisher of the current parameters on the first samples of ``ds``."""
+        """Diagonal Fisher of the current parameters on the first samples of ``ds``.
+
+        Data parallel (``fisher = "empirical"``): minibatch ``i`` is computed by rank
+        ``i mod W`` (the others only encode it, to keep the random stream of the 1-process
+        run) and the sums are added over the ranks. The ``sampled`` Fisher draws labels
+        from the same stream after each forward pass, so every rank computes all of it."""
         from neuroplastic.datasets import iterate_minibatches
 
         o = self.opts
@@ -92,9 +98,17 @@ class EWC(Plugin):
         seen = 0
         was_training = model.training
         model.train()
+        split = distributed.is_distributed() and o.fisher == "empirical"
+        W, r = distributed.world_size(), distributed.rank()
         with torch.enable_grad():
-            for x, y in iterate_minibatches(ds, o.fisher_batch_size, False, None):
+            for i, (x, y) in enumerate(iterate_minibatches(ds, o.fisher_batch_size, False, None)):
                 x, y = x[: o.fisher_samples - seen], y[: o.fisher_samples - seen]
+                if split and i % W != r:  # another rank's minibatch: advance the encoding stream only
+                    tr.encoder(x.to(tr.device), gen)
+                    seen += len(x)
+                    if seen >= o.fisher_samples:
+                        break
+                    continue
                 logits = tr.forward_logits(x, head, gen)
                 if o.fisher == "sampled":
                     with torch.no_grad():
@@ -108,6 +122,9 @@ class EWC(Plugin):
                 if seen >= o.fisher_samples:
                     break
         model.train(was_training)
+        if split:
+            for f in fisher.values():
+                distributed.all_reduce(f)
         return {n: f / max(seen, 1) for n, f in fisher.items()}
 
     def on_task_end(self, task_id: int, task) -> None:

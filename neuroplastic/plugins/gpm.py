@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from .base import Plugin
 from .projection import (
     activity_matrix,
@@ -169,6 +170,9 @@ class GPM(Plugin):
             if o.max_rows is not None and R.shape[0] > o.max_rows:
                 R = R[torch.randperm(R.shape[0], generator=gen)[: o.max_rows].to(R.device)]
             self.U[n], cap = gpm_update(R, self.U[n], self.threshold(n, task_id))
+            # data parallel: R was gathered (collect_activity), so every rank computed the same
+            # basis; rank 0's is kept bit for bit (the SVD may round differently elsewhere)
+            self.U[n] = distributed.broadcast_tensor(self.U[n], 0, device=self.U[n].device)
             self.captured[n].append(cap)
             self.sizes[n].append(int(self.U[n].shape[0]))
         self.svd_s.append(time.perf_counter() - t0)

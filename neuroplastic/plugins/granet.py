@@ -75,6 +75,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import UserError
 from ..sparse import (
     DenseGrad,
@@ -107,7 +108,7 @@ SPANS = ("first_task", "each_task", "all_tasks")
 
 def cubic_sparsity(k: float, s_i: float, s_f: float, k0: int, k1: int) -> float:
     """The cubic schedule :math:`s(k)` (``s_i`` before ``k0``, ``s_f`` from ``k1`` on)."""
-    if k <= k0:
+    if k < k0:  # (k == k0 == k1, a one-shot prune, is at the target)
         return float(s_i)
     if k >= k1 or k1 <= k0:
         return float(s_f)
@@ -310,6 +311,36 @@ class SparseTraining(Plugin):
                 enabled=False,
             )
         mask_optimizer_state(trainer.optimizer, model)
+        self._sync_masks()
+
+    def _sync_masks(self) -> None:
+        """Data parallel: install rank 0's masks on every rank. Every rank decides the same
+        masks (identical weights, reduced dense gradients and firing rates, the same
+        generator); this makes them identical bit for bit whatever the rounding."""
+        if not distributed.is_distributed():
+            return
+        changed = False
+        for _, m in self.layers:
+            mask = getattr(m, "mask", None)
+            if mask is None:
+                continue
+            got = distributed.broadcast(mask.clone(), 0)
+            if not torch.equal(got, mask):
+                m.set_mask(got)
+                changed = True
+        if changed:
+            mask_optimizer_state(self.trainer.optimizer, self.trainer.model)
+
+    def _reduce_dense_grads(self) -> None:
+        """Data parallel: the dense gradients of the global minibatch (weighted like the
+        weight gradients); a layer missing on a rank counts zero there."""
+        grads = self.dense_grad.grads
+        names = sorted(set().union(*distributed.all_gather_object(sorted(grads))))
+        weights = dict(self.layers)
+        for n in names:
+            if n not in grads:
+                grads[n] = torch.zeros_like(weights[n].weight)
+        distributed.reduce_gradients([], self.trainer.shard_weight, grads)
 
     @staticmethod
     def _density(layer) -> float:
@@ -422,7 +453,8 @@ class SparseTraining(Plugin):
     # -- hooks ------------------------------------------------------------------------
     def before_forward(self) -> None:
         if self.rates is not None:
-            self.rates.enabled = True  # firing rates of training minibatches only
+            # firing rates of training minibatches only (not an empty shard's stand-in sample)
+            self.rates.enabled = not getattr(self.trainer, "shard_empty", False)
         if self.dense_grad is not None:
             self.dense_grad.clear()
             k, _ = self._clock_next()
@@ -437,6 +469,8 @@ class SparseTraining(Plugin):
         return None, self.task_step + 1
 
     def after_backward(self) -> None:
+        if self.dense_grad is not None and self.dense_grad.enabled and distributed.is_distributed():
+            self._reduce_dense_grads()
         mask_grads(self.trainer.model)
 
     def after_step(self) -> None:
@@ -462,6 +496,7 @@ class SparseTraining(Plugin):
         if o.prune and last_of_span:
             if self._overall_sparsity() < self.s_f - 0.5 / self._n_total():
                 self._prune(self.s_f)
+                self._sync_masks()
                 self._record(None, 0.0, 0, 0, 0)
 
     # -- mask updates -----------------------------------------------------------------
@@ -482,12 +517,15 @@ class SparseTraining(Plugin):
     def update(self, prune: bool, regrow: bool, k: int | None) -> None:
         """One mask update after the step just taken: prune to ``s(k)``, then regenerate."""
         target = self.target_sparsity(k) if (prune and k is not None) else None
+        if self.rates is not None:
+            self.rates.all_reduce()  # data parallel: the firing counts of every rank's shard
         if prune:
             self._prune(target)
         n_grown = n_dorm = n_dormant_neurons = 0
         r = self.death_rate()
         if regrow and r > 0:
             n_grown, n_dorm, n_dormant_neurons = self._regenerate(r)
+        self._sync_masks()
         if self.rates is not None:
             self.rates.clear()
         self.n_updates += 1

@@ -27,13 +27,14 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..synapses import Conv2d, Linear
 
 __all__ = [
     "activity_matrix", "unfold_patches", "input_dim", "project_rows", "project_weight_grad",
     "quantize", "oja_subspace_step", "hebbian_update", "orthonormalize", "random_orthonormal_rows",
     "principal_angles", "energy_fraction", "reset_optimizer_state", "rate_weights",
-    "collect_activity", "subspace_sizes",
+    "collect_activity", "subspace_sizes", "gather_activity",
 ]
 
 
@@ -100,6 +101,20 @@ def activity_matrix(layer: torch.nn.Module, x: torch.Tensor, activity: str = "sp
         p = unfold_patches(layer, x)  # [n, D, L]
         return p.transpose(1, 2).reshape(-1, p.shape[1])
     return x.reshape(-1, x.shape[-1])
+
+
+def gather_activity(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Data parallel: the presynaptic input ``[T, B, ...]`` of the global minibatch from
+    every rank's shard ``[T, B_r, ...]`` (``sizes``: the ``B_r``; a rank may hold more rows
+    than its size, e.g. the one sample an empty shard computes on). The batch order of
+    the 1-process run is kept, and an input expanded over ``T`` (stride 0, the ``direct``
+    encoder) stays expanded. ``x`` itself in a single process."""
+    if not distributed.is_distributed():
+        return x
+    if x.dim() > 1 and x.shape[0] > 1 and x.stride(0) == 0:
+        g = distributed.all_gather(x[0], 0, sizes)
+        return g.unsqueeze(0).expand(x.shape[0], *g.shape)
+    return distributed.all_gather(x, 1, sizes)
 
 
 # -- projection -------------------------------------------------------------------------
@@ -285,7 +300,11 @@ def collect_activity(trainer, ds, head: int | None, layers: dict[str, torch.nn.M
                      n_samples: int, batch_size: int = 128, seed: int = 0) -> dict[str, list[torch.Tensor]]:
     """Presynaptic inputs ``[T, B, ...]`` of ``layers`` on the first ``n_samples`` samples
     of ``ds`` (no shuffling; encoded with a private generator so the trainer's random
-    stream is not consumed). Returns ``{name: [input per batch]}``."""
+    stream is not consumed). Returns ``{name: [input per batch]}``.
+
+    Data parallel: every rank encodes each whole batch, runs its shard, and the shards'
+    inputs are gathered (:func:`gather_activity`), so every rank returns the inputs of the
+    1-process run."""
     from neuroplastic.datasets import iterate_minibatches
 
     gen = torch.Generator().manual_seed(int(seed))
@@ -299,9 +318,16 @@ def collect_activity(trainer, ds, head: int | None, layers: dict[str, torch.nn.M
     try:
         for x, _ in iterate_minibatches(ds, min(batch_size, max(n_samples, 1)), False, None):
             x = x[: n_samples - seen]
-            trainer.forward_logits(x, head, gen)
+            sizes = distributed.shard_sizes(len(x))
+            if distributed.is_distributed():
+                s = distributed.shard(len(x))
+                trainer.batch_slice = s if s.stop > s.start else slice(0, 1)  # an empty shard: one sample, ignored
+            try:
+                trainer.forward_logits(x, head, gen)
+            finally:
+                trainer.batch_slice = None
             for n, layer in layers.items():
-                out[n].append(layer.last_input)
+                out[n].append(gather_activity(layer.last_input, sizes))
             seen += len(x)
             if seen >= n_samples:
                 break

@@ -100,7 +100,7 @@ class DSRTrainer(Trainer):
         model = self.model
         layers = list(model.layers.items())
         last = model.layers[self.last_synapse]
-        spikes = self.encoder(x.to(self.device), self.generator)
+        spikes = self.local(self.encoder(x.to(self.device), self.generator))
         self.inputs = spikes
         T = spikes.shape[0]
         saved = last.capture

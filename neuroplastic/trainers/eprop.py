@@ -248,7 +248,7 @@ class EpropTrainer(Trainer):
         model.reset()
         T = self.encoder.time_steps
         x = x.to(self.device)
-        B = x.shape[0]
+        B = len(self.targets)  # this rank's samples (data parallel: a shard of x)
         kappa, g_o = (float(c) for c in self.readout.coefficients())
         state = [_Layer(syn, n, B, None if fb is None else fb.to(syn.weight), kappa, g_o, T)
                  for (syn, n), fb in zip(self.pairs, self.random_feedback)]
@@ -264,11 +264,13 @@ class EpropTrainer(Trainer):
         zbar = torch.zeros(B, W_out.shape[1] + 1, dtype=W_out.dtype, device=W_out.device)
         g_out = torch.zeros(K_all, W_out.shape[1] + 1, dtype=W_out.dtype, device=W_out.device)
         captures = {id(s.syn): [] for s in state if s.syn.capture}
+        if self.out_syn.capture:  # the readout's input: the last hidden layer's spikes
+            captures[id(self.out_syn)] = []
         total = 0.0
         steps = 0
         with torch.no_grad():
             for s in self.encoder.steps(x, self.generator):
-                h = s.reshape(B, -1).to(W_out.dtype)
+                h = self.local(s, 0).reshape(B, -1).to(W_out.dtype)
                 for layer in state:
                     if id(layer.syn) in captures:
                         captures[id(layer.syn)].append(h)
@@ -276,6 +278,8 @@ class EpropTrainer(Trainer):
                     # the layers' forward hooks see the step as a forward call would (the
                     # dormant monitor's firing rates)
                     call_forward_hooks(layer.neuron, (h.unsqueeze(0),), h.unsqueeze(0))
+                if id(self.out_syn) in captures:
+                    captures[id(self.out_syn)].append(h)
                 o = (kappa * o + (1 - kappa) * float(self.readout.v_leak)
                      + g_o * torch.nn.functional.linear(h, W_out, b_out))
                 logits = o[:, lo:hi]
@@ -297,6 +301,8 @@ class EpropTrainer(Trainer):
                 self.dense_grads[f"{neuron_name}.rec"] = dense["rec"]
             if id(layer.syn) in captures:
                 layer.syn.last_input = torch.stack(captures[id(layer.syn)])
+        if id(self.out_syn) in captures:
+            self.out_syn.last_input = torch.stack(captures[id(self.out_syn)])
         _add_grad(self.out_syn.weight, g_out[:, :-1], self.out_syn.mask)
         self.dense_grads[self.out_name] = g_out[:, :-1]
         _add_grad(self.out_syn.bias, g_out[:, -1], None)
