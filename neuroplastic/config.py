@@ -235,7 +235,7 @@ def _check_device(device: Any) -> None:
         raise UserError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
     try:
         d = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - whatever torch makes of a string it cannot parse
         raise UserError(f"device must be cpu, cuda, cuda:N or mps, got {device!r}") from None
     if d.type == "cpu":
         return
