@@ -146,6 +146,11 @@ def load_cues(n_train: int = 2000, n_test: int = 500, time_steps: int = 80, n_ch
     n_train, n_test = _int("n_train", n_train, 1), _int("n_test", n_test, 1)
     layout = cue_layout(time_steps, n_channels, n_cues, cue_steps, cue_gap, recall_steps)
     probs = [_prob(k, v) for k, v in (("p_cue", p_cue), ("p_recall", p_recall), ("p_noise", p_noise))]
+    from neuroplastic.resources import check_fits
+
+    # the float32 frames plus, for the larger split, the probabilities and uniforms drawn for it
+    check_fits(4 * int(time_steps) * int(n_channels) * (n_train + n_test + 2 * max(n_train, n_test)),
+               f"{n_train} + {n_test} samples x {time_steps} steps x {n_channels} channels need")
     rng = np.random.default_rng(_int("seed", seed, 0))
     args = (layout, int(time_steps), int(n_channels), int(n_cues), *probs)
     x_tr, y_tr, s_tr = _samples(rng, n_train, *args)
