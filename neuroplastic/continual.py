@@ -116,6 +116,9 @@ class _Encoded:
     def steps(self, x, generator=None):
         return self.encoder.steps(self.reshape(x) if self.reshape else x, generator)
 
+    def chunks(self, x, size, generator=None):
+        return self.encoder.chunks(self.reshape(x) if self.reshape else x, size, generator)
+
 
 def run_encoder(cfg: RunConfig, stream, model: SNN) -> _Encoded:
     """The encoder a run feeds ``model`` with (conv nets get flat images reshaped first)."""

@@ -38,6 +38,18 @@ class _Encoder:
         :meth:`__call__` makes with the same generator."""
         yield from self(x, generator)
 
+    def chunks(self, x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """The code in chunks of ``size`` consecutive steps (``[k, B, ...]``, the last chunk
+        may be shorter): the steps of :meth:`steps`, stacked, with the same random draws."""
+        buf: list[torch.Tensor] = []
+        for s in self.steps(x, generator):
+            buf.append(s)
+            if len(buf) == size:
+                yield torch.stack(buf)
+                buf = []
+        if buf:
+            yield torch.stack(buf)
+
 
 class RateEncoder(_Encoder):
     """Bernoulli rate code with probability ``gain * x`` per step."""
@@ -58,6 +70,15 @@ class RateEncoder(_Encoder):
         p = self.probability(x)
         for _ in range(self.time_steps):
             yield (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < p).to(x.dtype)
+
+    def chunks(self, x, size, generator=None):
+        # one draw of k steps is the same stream of numbers as k draws of one step, without
+        # k small allocations per chunk (they fragment the heap over long sequences)
+        p = self.probability(x)
+        for t0 in range(0, self.time_steps, size):
+            k = min(size, self.time_steps - t0)
+            # unnamed: nothing of this chunk stays alive in this frame while the next is made
+            yield (torch.rand((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype) < p).to(x.dtype)
 
 
 class PoissonEncoder(RateEncoder):

@@ -77,7 +77,7 @@ class TrainSettings:
     decoder: str = "mean"
     eval_batch_size: int = 512
     feedback: str = "symmetric"
-    chunk: int = 16
+    chunk: int = 8
 
     def __post_init__(self) -> None:
         self.trainer = ALIASES.get(self.trainer, self.trainer)

@@ -36,8 +36,6 @@ CubaLIF layers with fixed parameters; recurrent and adaptive layers are refused 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
@@ -53,29 +51,20 @@ __all__ = ["OTTTTrainer"]
 _LOCAL = (LIF, IF, CubaLIF, LI, CubaLI)
 
 
-def _chunks(steps: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    """Stack consecutive steps ``[B, ...]`` into chunks ``[k, B, ...]`` of ``size`` (the
-    last may be shorter)."""
-    buf: list[torch.Tensor] = []
-    for s in steps:
-        buf.append(s)
-        if len(buf) == size:
-            yield torch.stack(buf)
-            buf = []
-    if buf:
-        yield torch.stack(buf)
-
-
 def _scan(s: torch.Tensor, a: torch.Tensor | None, c: float, lam: float):
     r"""Presynaptic traces over a chunk: :math:`a_t = \lambda a_{t-1} + s_t` (``[k, B, ...]``)
     and the bias traces :math:`c_t = \lambda c_{t-1} + 1` (``[k]``)."""
-    out, cs = [], []
+    out = torch.empty_like(s)  # written in place: no per-step allocation
+    cs = []
     for t in range(s.shape[0]):
-        a = s[t] if a is None else lam * a + s[t]
+        if a is None:
+            out[t].copy_(s[t])
+        else:
+            torch.add(s[t], a, alpha=lam, out=out[t])
+        a = out[t]
         c = lam * c + 1.0
-        out.append(a)
         cs.append(c)
-    return torch.stack(out), a, torch.tensor(cs, dtype=s.dtype, device=s.device), c
+    return out, a.clone(), torch.tensor(cs, dtype=s.dtype, device=s.device), c
 
 
 def _local_gain(layer: Neuron):
@@ -139,8 +128,19 @@ class OTTTTrainer(Trainer):
         kept: dict[str, list[torch.Tensor]] = {n: [] for n, m in layers if is_synapse(m) and m.capture}
         total = torch.zeros(())
         steps = 0
+        # every chunk accumulates into the gradients (OTTT-A): allocating them before the
+        # first chunk makes one chunk cost what every later chunk costs (a fresh product
+        # added in place), so the step's peak is the same for T <= chunk and T >> chunk;
+        # these parameters get a gradient from every chunk anyway, so nothing else changes
+        for _, layer in layers:
+            if is_synapse(layer):
+                for p in (layer.weight, layer.bias):
+                    if p is not None and p.requires_grad and p.grad is None:
+                        p.grad = torch.zeros_like(p)
         try:
-            for h in _chunks(self.encoder.steps(x.to(self.device), self.generator), self.settings.chunk):
+            chunks = self.encoder.chunks(x.to(self.device), self.settings.chunk, self.generator)
+            for h in chunks:
+                h = self.local(h, 1)
                 k = h.shape[0]
                 for name, layer in layers:
                     if is_synapse(layer):
@@ -166,6 +166,10 @@ class OTTTTrainer(Trainer):
                     loss.backward()
                 total = total + loss.detach()
                 steps += k
+                # drop this chunk's graph now (its nodes keep the traces as ctx attributes
+                # until the last tensor referring to them goes), not when the next chunk
+                # reassigns the names: the next chunk's forward must not hold two graphs
+                del h, loss, per_step
         finally:
             for _, layer in layers:
                 if is_synapse(layer):
