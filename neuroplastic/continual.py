@@ -34,6 +34,7 @@ from .provenance import now_utc as provenance_now
 from .provenance import provenance
 from .records import TaskProbe
 from .rundir import MethodDir, RunDir, capture_state, restore_state
+from .runfile import checkpoint_name
 from .trainers import make_trainer
 
 __all__ = ["build_model", "build_stream", "run_encoder", "run_method", "run", "format_table", "model_sparsity"]
@@ -188,9 +189,14 @@ class _MethodRun:
             first = int(state["task"]) + 1
         else:  # inside a task: the state its on_task_start saw first (the previous task's end)
             first, resume_in = int(state["task"]), state
-            previous = self.mdir.task_state(first - 1) if first > 0 else None
-            if previous is not None:
+            if first > 0:
+                previous = self.mdir.task_state(first - 1)
+                if previous is None:
+                    raise UserError(f"cannot resume inside task {first} of {self.method}: "
+                                    f"{self.mdir.path / checkpoint_name(first - 1)} is missing")
                 self.restore(previous)
+        if state is not None:  # the run's first start, not this one
+            self.started = ((self.mdir.read_metrics() or {}).get("provenance") or {}).get("started") or self.started
         metrics = self.mdir.read_metrics() or {} if first >= T else {}
         for i in range(first, T):
             task = stream.tasks[i]
