@@ -112,9 +112,8 @@ class DataConfig:
             if self.dataset not in FILE_DATASETS:
                 raise UserError(f"data.data_dir applies to the mnist and shd datasets; {self.dataset!r} reads no "
                                 f"files (remove data_dir, or set data.dataset)")
-        elif self.dataset in FILE_DATASETS:
-            raise UserError(f"dataset {self.dataset!r} needs a data directory (data.data_dir, or --data-dir DIR); "
-                            f"nothing is downloaded")
+        # mnist / shd without a directory: a config file may leave it to --data-dir; the
+        # stream refuses it (before the run directory is made) if nothing gave one
 
 
 @dataclass
