@@ -383,6 +383,9 @@ def test_as_a_real_process(tmp_path):
 
 
 # -- data files --------------------------------------------------------------------------
+# These errors are found while the stream is built, after the config was accepted; that
+# nothing is left behind relies on neuroplastic/rundir.py building the stream (and every
+# network) before the run directory is made.
 def write_idx(path, array, magic=None):
     array = np.ascontiguousarray(array, dtype=np.uint8)
     magic = 0x0800 | array.ndim if magic is None else magic
@@ -507,6 +510,23 @@ def test_bad_checkpoint(capsys, tmp_path, ckpt_dir, kind, words):
     out = tmp_path / "exported"
     line = expect_error(capsys, ["export", ckpt_dir, "--format", "h5", "-o", out / "m.h5"], [out], *words)
     assert "weights_only" not in line  # torch's advice to load unsafely is never passed on
+
+
+@pytest.mark.parametrize("kind, words", [("empty", ["the file is empty"]), ("random", ["not a torch.save file"])])
+def test_resume_from_a_bad_checkpoint(capsys, tmp_path, kind, words):
+    """``--resume`` reads the same checkpoints (relies on neuroplastic/rundir.py): one line,
+    and the run directory is left exactly as it was."""
+    from neuroplastic.config import config_from_dict, to_toml
+    from neuroplastic.rundir import CONFIG_HEADER
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "config.toml").write_text(CONFIG_HEADER + "\n" + to_toml(config_from_dict({**BASE, "out": str(d)})))
+    (d / "ckpt_task0.pt").write_bytes(b"" if kind == "empty" else np.random.default_rng(5).bytes(3000))
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    line = expect_error(capsys, ["run", "--resume", d, "--quiet"], [], "cannot read checkpoint", *words)
+    assert "weights_only" not in line
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
 
 
 def test_checkpoint_with_invalid_config(capsys, tmp_path, ckpt_dir):
