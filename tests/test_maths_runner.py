@@ -6,19 +6,24 @@ matrix, and what a checkpoint holds."""
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from neuroplastic.config import config_from_dict
-from neuroplastic.continual import build_model, build_stream, run, run_encoder
+from neuroplastic.continual import build_model, build_stream, format_table, model_sparsity, run, run_encoder
+from neuroplastic.errors import UserError
 from neuroplastic.io import load_checkpoint
+from neuroplastic.network import mlp
 from neuroplastic.runfile import checkpoint_name, read_run_h5
 from neuroplastic.sparse import load_sparse_state_dict
 from neuroplastic.trainers import make_trainer
 
-# one real 3-task run of two methods (~5 s on a busy 2-core machine) shared by the module
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_thread")
+#: the tests sharing one real 3-task run of two methods (~5 s on a busy 2-core machine)
+slow = pytest.mark.slow
 
 T = 3
 METHODS = ["finetune", "hlop"]
@@ -54,6 +59,7 @@ def _gem(R, b):
     return acc, bwt, fwt
 
 
+@slow
 @pytest.mark.parametrize("method", METHODS)
 def test_summary_metrics_are_the_gem_formulas_of_the_recorded_matrix(split_run, method):
     cfg, out, results = split_run
@@ -75,6 +81,7 @@ def test_summary_metrics_are_the_gem_formulas_of_the_recorded_matrix(split_run, 
                           torch.tensor(R, dtype=torch.float64))
 
 
+@slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_recorded_accuracy_is_its_tasks_own_head_on_the_checkpoint(split_run, method):
     cfg, out, _ = split_run
@@ -95,6 +102,7 @@ def test_every_recorded_accuracy_is_its_tasks_own_head_on_the_checkpoint(split_r
     assert wrong_head_differs
 
 
+@slow
 @pytest.mark.parametrize("method", METHODS)
 def test_checkpoint_contents(split_run, method):
     cfg, out, _ = split_run
@@ -125,3 +133,82 @@ def test_checkpoint_contents(split_run, method):
     # the final checkpoint's model is the one that produced the last row
     first = load_checkpoint(out / method / checkpoint_name(0))["model"]
     assert any(not torch.equal(first[k], last["model"][k]) for k in first if first[k].is_floating_point())
+
+
+# -- the runner's helpers (fast) -------------------------------------------------------------------------------
+def _stream(n_inputs=16, n_outputs=3, n_heads=1, time_steps=None):
+    return SimpleNamespace(n_inputs=n_inputs, n_outputs=n_outputs, n_heads=n_heads, time_steps=time_steps)
+
+
+def _cfg(**model):
+    return config_from_dict({"methods": ["finetune"], "quiet": True, "model": model,
+                             "train": {"time_steps": 4, "encoder": "direct"}})
+
+
+@pytest.mark.parametrize("integration", ["exact", "euler"])
+def test_build_model_readout_tau_with_unit_gain(integration):
+    cfg = _cfg(hidden=[5], readout_tau=5e-3, tau_mem=3e-3, dt=1e-3, integration=integration)
+    net = build_model(cfg, _stream(n_heads=2))
+    ro = net.layers["readout"]
+    a = math.exp(-1e-3 / 5e-3) if integration == "exact" else 1 - 1e-3 / 5e-3
+    assert ro.tau_mem == 5e-3
+    assert ro.r == pytest.approx(1 / (1 - a))
+    assert net.layers["lif1"].tau_mem == 3e-3
+    assert net.layers["fc2"].weight.shape == (6, 5)  # two heads of three
+    assert net.layers["fc1"].weight.shape == (5, 16)
+
+
+def test_build_model_variants_and_refusals():
+    net = build_model(_cfg(hidden=[4], neuron="if"), _stream())
+    assert type(net.layers["if1"]).__name__ == "IF"
+    net = build_model(_cfg(arch="cnn", channels=[2]), _stream(n_inputs=36))
+    assert net.layers["conv1"].weight.shape[:2] == (2, 1)
+    with pytest.raises(UserError, match="square"):
+        build_model(_cfg(arch="cnn", channels=[2]), _stream(n_inputs=35))
+    with pytest.raises(UserError, match="recurrent"):
+        build_model(_cfg(arch="cnn", channels=[2], recurrent=True), _stream(n_inputs=36))
+    net = build_model(_cfg(hidden=[4], readout="spikes"), _stream())
+    assert net.layers["readout"].spiking
+
+
+def test_run_encoder_reshapes_for_conv_nets_and_passes_events():
+    cfg = _cfg(arch="cnn", channels=[2])
+    stream = _stream(n_inputs=36)
+    enc = run_encoder(cfg, stream, build_model(cfg, stream))
+    x = torch.rand(3, 36)
+    out = enc(x)
+    assert out.shape == (4, 3, 1, 6, 6)
+    assert torch.equal(out[2], x.reshape(3, 1, 6, 6))
+    cfg = _cfg(hidden=[4])
+    enc = run_encoder(cfg, _stream(), build_model(cfg, _stream()))
+    assert enc(torch.rand(3, 16)).shape == (4, 3, 16) and enc.time_steps == 4
+    ev = run_encoder(cfg, _stream(time_steps=7), build_model(cfg, _stream()))
+    frames = torch.rand(3, 7, 16)
+    assert ev.time_steps == 7
+    assert torch.equal(ev(frames), frames.transpose(0, 1))
+
+
+def test_model_sparsity_from_masks_or_exact_zeros():
+    net = mlp([10, 4, 3])
+    fc1, fc2 = net.layers["fc1"], net.layers["fc2"]
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[:, :3] = True  # 12 of 40 present
+    fc1.set_mask(mask)
+    with torch.no_grad():
+        fc2.weight[0] = 0.0  # 4 of 12 exactly zero, no mask
+        fc1.weight.fill_(0.5)  # the mask, not the values, counts
+    s = model_sparsity(net)
+    assert s["fc1"] == pytest.approx(1 - 12 / 40)
+    assert s["fc2"] == pytest.approx(4 / 12)
+    assert s["overall"] == pytest.approx((28 + 4) / 52)
+
+
+def test_format_table_rows():
+    res = {"finetune": {"acc": 50.25, "bwt": None, "fwt": -1.5, "sparsity": 0.0, "wall_s": 3.14},
+           "hlop": {"acc": 60.0, "bwt": -0.5, "fwt": None, "sparsity": 0.9, "wall_s": 10.0, "status": "interrupted",
+                    "tasks_done": 1, "tasks": ["a", "b", "c"]}}
+    lines = format_table(res).splitlines()
+    assert lines[0].split() == ["method", "ACC", "BWT", "FWT", "sparsity", "time", "s"]
+    assert lines[1].split() == ["finetune", "50.25", "n/a", "-1.50", "0.00", "3.1"]
+    assert lines[2].startswith("hlop (interrupted, 1/3)")
+    assert lines[2].split()[-5:] == ["60.00", "-0.50", "n/a", "0.90", "10.0"]
