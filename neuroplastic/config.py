@@ -94,8 +94,11 @@ class DataConfig:
         _need_choice("data.setting", self.setting, ("task", "domain", "class"))
         _need_int("data.tasks", self.tasks)
         classes = DATASETS[self.dataset][1]
-        _need_int("data.classes_per_task", self.classes_per_task, 1, classes,
-                  f" ({self.dataset} has {classes} classes)")
+        if self.stream == "split":  # (a permuted stream ignores it)
+            _need_int("data.classes_per_task", self.classes_per_task, 1, classes,
+                      f" ({self.dataset} has {classes} classes)")
+        else:
+            _need_int("data.classes_per_task", self.classes_per_task)
         if self.stream == "split" and self.tasks * self.classes_per_task > classes:
             raise UserError(f"data.tasks = {self.tasks} split tasks of {self.classes_per_task} classes need "
                             f"{self.tasks * self.classes_per_task} classes; {self.dataset} has {classes} "
