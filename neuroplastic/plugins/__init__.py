@@ -97,6 +97,8 @@ def options_for(name: str, values: dict[str, Any] | None) -> Any:
     """Validate a ``[name]`` config section into the plugin's ``Options`` dataclass."""
     cls = plugin_class(name)
     opts_cls = getattr(cls, "Options", None)
+    if values is not None and not isinstance(values, dict):
+        raise UserError(f"[{name}] must be a table of options, got {values!r}")
     values = dict(values or {})
     if opts_cls is None:
         if values:
