@@ -628,3 +628,27 @@ def test_simulate_missing_input(capsys, tmp_path, small):
     out = tmp_path / "new"
     expect_error(capsys, ["simulate", small / "model.h5", tmp_path / "nope.npy", "-o", out / "o.h5"],
                  [out], "input file not found")
+
+
+@pytest.mark.parametrize("which", ["model", "input"])
+def test_simulate_output_over_its_own_input(capsys, tmp_path, small, which):
+    """``-o`` naming the model or the input file would replace it: refused, file intact."""
+    import shutil as sh
+
+    model, x = tmp_path / "m.h5", tmp_path / "x.h5"
+    sh.copy(small / "model.h5", model)
+    with h5py.File(x, "w") as f:
+        f["input"] = np.load(small / "x.npy")
+    target = model if which == "model" else x
+    before = target.read_bytes()
+    expect_error(capsys, ["simulate", model, x, "-o", target], [], "-o", "is the input", "replaced")
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["ckpt_task0.pt", "config.toml"])
+def test_export_output_over_a_run_file(capsys, ckpt_dir, name):
+    target = ckpt_dir / name
+    before = target.read_bytes()
+    source = target if name.startswith("ckpt") else ckpt_dir
+    expect_error(capsys, ["export", source, "--format", "h5", "-o", target], [], "-o")
+    assert target.read_bytes() == before

@@ -63,6 +63,25 @@ def _output_dirs(out: Path) -> Iterator[None]:
         raise
 
 
+#: files of a run directory that ``-o`` must never replace
+_RUN_FILES = ("config.toml", "metrics.json", "run.h5", "summary.json", "resume.pt")
+
+
+def _not_an_input(out: Path, *inputs: str) -> None:
+    """Refuse an ``-o`` that would replace one of the command's own inputs (or a file of
+    the run directory being exported): the input would be lost."""
+    if not out.exists():
+        return
+    target = out.resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if target == src:
+            raise UserError(f"-o {out} is the input {given}; give another file name (it would be replaced)")
+        if src.is_dir() and src in target.parents and (target.name in _RUN_FILES
+                                                       or target.name.startswith("ckpt_task")):
+            raise UserError(f"-o {out} is a file of the run directory {given}; give another file name")
+
+
 def _check_finite(model, where: str) -> None:
     """Refuse a network with NaN or infinite weights (a NIR graph's are not checked on
     import; every simulated spike would be garbage)."""
@@ -80,6 +99,7 @@ def export_command(a) -> int:
                         "(the archive keeps the model's own timing and every head)")
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
+    _not_an_input(out, a.source)
     with _output_dirs(out):
         return _export(a, out)
 
@@ -129,6 +149,7 @@ def simulate_command(a) -> int:
     out = Path(a.output)
     if out.exists() and out.is_dir():
         raise UserError(f"-o {out} is a directory; give a file name")
+    _not_an_input(out, a.model, a.input)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(a.model, a.dt, a.integration)
