@@ -14,15 +14,16 @@ the weight gradient of every layer is taken from the trace
 
 accumulated in ``weight.grad`` (OTTT-A: one optimizer step per minibatch).
 
-The steps are processed in chunks of ``chunk`` steps (``[train] chunk``, default 16):
+The steps are processed in chunks of ``chunk`` steps (``[train] chunk``, default 8):
 each layer runs the chunk at once (one batched product, the multi-step neuron kernel,
 no graph), and the neuron's dependence on its past is cut by a straight-through form
 with the *local* derivative of one step, :math:`\hat z_t = z_t + \psi_t\,g\,(I_t - \mathrm{sg}(I_t))`
 (:math:`\psi_t = \sigma'(v^{pre}_t - \vartheta)`, :math:`g` the input gain; the LI readout
 :math:`\hat o_t = o_t + g (I_t - \mathrm{sg}(I_t))`): exactly the gradient of the step-by-step
 algorithm, whatever the chunk (tested), with one backward per chunk. Memory grows with
-the chunk, not with ``T``; the input is encoded step by step
-(:meth:`~neuroplastic.encoders._Encoder.steps`) for the same reason. With ``T = 1`` the
+the chunk, not with ``T``; the input is encoded a chunk at a time
+(:meth:`~neuroplastic.encoders._Encoder.chunks`, the random numbers of step-by-step
+encoding) for the same reason. With ``T = 1`` the
 gradient equals BPTT's exactly; for the readout weights it is the exact gradient of
 :math:`\sum_t L_t` (the LI readout is linear).
 
