@@ -44,6 +44,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -345,38 +346,128 @@ def check_import(root: Path, env: dict[str, str]) -> None:
 
 
 # -- running ---------------------------------------------------------------------------
-_CHILD: subprocess.Popen | None = None
+#: imported once by the warm worker before it forks a child per test run (never
+#: ``neuroplastic`` itself: every child imports the package, mutant included, afresh)
+PRELOAD = ("numpy", "torch", "scipy", "h5py", "numba", "sklearn", "matplotlib", "tqdm", "nir", "pytest",
+           "hypothesis")
+
+
+def _pytest_args(tests: list[str], extra: list[str], first_failure: bool) -> list[str]:
+    return [*(["-x"] if first_failure else ["-rf"]), "-q", "-p", "no:cacheprovider", *extra, *tests]
+
+
+class Runner:
+    """Runs pytest in the private copy, either in a fresh ``python -m pytest`` process per
+    run (``fork=False``) or in a child forked from a warm worker process that imported
+    torch, numba, ... once (the default: the same tests, a few seconds less per mutant)."""
+
+    def __init__(self, root: Path, env: dict[str, str], fork: bool = True) -> None:
+        self.root, self.env, self.fork = root, env, fork
+        self.current: int | None = None  # process group of the running tests
+        self.worker: subprocess.Popen | None = None
+        self.out = Path(tempfile.mkstemp(prefix="np_mutate_", suffix=".log")[1])
+        if fork:
+            self.worker = subprocess.Popen([sys.executable, str(HERE), "--_worker"], cwd=root, env=env,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            ready = self.worker.stdout.readline()
+            if not ready.startswith("ready"):
+                raise SystemExit(f"mutate: the test worker did not start ({ready.strip()})")
+
+    def run(self, tests: list[str], extra: list[str], timeout: float,
+            first_failure: bool = True) -> tuple[str, float, str]:
+        """``(status, seconds, output)``: status ``passed``, ``failed`` or ``timeout``."""
+        args = _pytest_args(tests, extra, first_failure)
+        t0 = time.perf_counter()
+        if self.worker is None:
+            with open(self.out, "w") as fh:
+                child = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=self.root, env=self.env,
+                                         stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                self.current = child.pid
+                try:
+                    rc = child.wait(timeout=timeout)
+                    status = "passed" if rc == 0 else "failed"
+                except subprocess.TimeoutExpired:
+                    self.kill_current()
+                    child.wait()
+                    status = "timeout"
+        else:
+            self.worker.stdin.write(json.dumps({"args": args, "out": str(self.out)}) + "\n")
+            self.worker.stdin.flush()
+            self.current = int(json.loads(self.worker.stdout.readline())["pid"])
+            ready, _, _ = select.select([self.worker.stdout], [], [], timeout)
+            timed_out = not ready
+            if timed_out:
+                self.kill_current()
+            rc = json.loads(self.worker.stdout.readline())["rc"]
+            status = "timeout" if timed_out else ("passed" if rc == 0 else "failed")
+        self.current = None
+        return status, time.perf_counter() - t0, self.out.read_text(errors="replace")
+
+    def kill_current(self) -> None:
+        if self.current is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.current, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.kill_current()
+        if self.worker is not None:
+            with contextlib.suppress(Exception):
+                self.worker.stdin.close()
+                self.worker.wait(timeout=10)
+            if self.worker.poll() is None:
+                self.worker.kill()
+        self.out.unlink(missing_ok=True)
+
+
+def worker_main() -> int:
+    """The warm worker: preload, then for each request fork a child that runs pytest with its
+    output in a file; report the child's pid, then its exit code."""
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: its own process group, pytest, exit
+            rc = 99
+            try:
+                os.setsid()
+                fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                import pytest
+
+                rc = int(pytest.main(req["args"]))
+            except BaseException:  # noqa: BLE001 - the exit code says it
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(rc)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+    return 0
+
+
+_RUNNER: Runner | None = None
 
 
 def run_tests(root: Path, tests: list[str], env: dict[str, str], timeout: float,
               extra: list[str], first_failure: bool = True) -> tuple[str, float, str]:
-    """``(status, seconds, output)``: status ``passed``, ``failed`` or ``timeout``."""
-    global _CHILD
-    cmd = [sys.executable, "-m", "pytest", *(["-x"] if first_failure else ["-rf"]), "-q", "-p", "no:cacheprovider",
-           *extra, *tests]
-    t0 = time.perf_counter()
-    _CHILD = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        out, _ = _CHILD.communicate(timeout=timeout)
-        status = "passed" if _CHILD.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        _kill_child()
-        out, status = "", "timeout"
-    finally:
-        _CHILD = None
-    return status, time.perf_counter() - t0, out or ""
+    """Run ``tests`` with the current runner (see :class:`Runner`)."""
+    return _RUNNER.run(tests, extra, timeout, first_failure)
+
+
+def _kill_child() -> None:
+    if _RUNNER is not None:
+        _RUNNER.kill_current()
 
 
 def _tail(out: str, n: int = 3) -> str:
     return "\n".join(out.strip().splitlines()[-n:])
-
-
-def _kill_child() -> None:
-    if _CHILD is not None and _CHILD.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(_CHILD.pid, signal.SIGKILL)
-        _CHILD.wait()
 
 
 def resolve_tests(root: Path, patterns: list[str]) -> list[str]:
@@ -475,6 +566,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=[],
                    help="run only these mutant ids or glob patterns (e.g. neuroplastic.metrics:3)")
     p.add_argument("--list", action="store_true", help="list the sampled mutants, run nothing")
+    p.add_argument("--no-fork", action="store_true",
+                   help="a fresh python process per test run (default: fork from a warm worker)")
     p.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
                    help="extra pytest arguments (last option; e.g. -m 'not slow')")
     args = p.parse_args(argv)
@@ -490,8 +583,10 @@ def main(argv=None) -> int:
             tmp = tempfile.TemporaryDirectory(prefix="np_mutate_")
             work = make_copy(root, Path(tmp.name) / "repo", args.rev)
     env = run_env(work)
+    global _RUNNER
     if not args.list:
         check_import(work, env)
+        _RUNNER = Runner(work, env, fork=not args.no_fork)
 
     def on_signal(signum, frame):
         _kill_child()
@@ -525,6 +620,8 @@ def main(argv=None) -> int:
             _write(args.json, report)
         return 130
     finally:
+        if _RUNNER is not None:
+            _RUNNER.close()
         if tmp is not None:
             tmp.cleanup()
     if args.list:
@@ -559,4 +656,4 @@ def _write(path: Path, report: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(worker_main() if sys.argv[1:] == ["--_worker"] else main())
