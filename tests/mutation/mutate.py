@@ -76,7 +76,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "neuroplastic/sparse.py": ["tests/test_maths_sparse.py", "tests/test_sparse.py", "tests/test_granet.py"],
     "neuroplastic/plugins/granet.py": ["tests/test_maths_sparse.py", "tests/test_granet.py",
                                        "tests/test_maths_plugins_boundaries.py"],
-    "neuroplastic/continual.py": ["tests/test_maths_runner.py"],
+    "neuroplastic/continual.py": ["tests/test_maths_runner.py", "tests/test_resume.py"],
     "neuroplastic/metrics.py": ["tests/test_maths_metrics.py", "tests/test_metrics.py"],
 }
 
