@@ -68,9 +68,9 @@ def test_idx_unknown_type_code(tmp_path):
 
 
 def test_idx_zero_dimensions(tmp_path):
-    p = write(tmp_path, "a.idx", b"\x00\x00\x08\x00" + b"\x07")
-    with pytest.raises(UserError, match="declares 0 dimensions"):
-        read_idx(p)
+    for data in (b"\x00\x00\x08\x00", b"\x00\x00\x08\x00" + b"\x07"):  # the bare magic, or one item
+        with pytest.raises(UserError, match="declares 0 dimensions"):
+            read_idx(write(tmp_path, "a.idx", data))
 
 
 def test_idx_too_short_and_truncated_header(tmp_path):
@@ -78,6 +78,8 @@ def test_idx_too_short_and_truncated_header(tmp_path):
         read_idx(write(tmp_path, "a.idx", b"\x00\x00\x08"))
     with pytest.raises(UserError, match=r"truncated IDX header \(3 dims declared\)"):
         read_idx(write(tmp_path, "b.idx", b"\x00\x00\x08\x03" + struct.pack(">I", 2)))
+    with pytest.raises(UserError, match=r"truncated IDX header \(1 dims declared\)"):
+        read_idx(write(tmp_path, "c.idx", b"\x00\x00\x08\x01"))  # the magic alone
 
 
 def test_idx_truncated_payload_and_trailing_bytes(tmp_path):
@@ -239,6 +241,42 @@ def test_mnist_empty_split_refused(tmp_path):
     d = write_mnist(tmp_path / "m", n_test=0)
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte: no images"):
         load_mnist(d)
+
+
+def test_mnist_npz_rules(tmp_path):
+    """Keras' layout: labels as a column [n, 1] are fine; float pixels must lie in [0, 1]
+    (uint8 ones are divided by 255); missing arrays are named; a directory's mnist.npz."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    y = rng.integers(0, 10, (5, 1))
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y[:, 0])
+    train, test = load_mnist(tmp_path)
+    assert train.y.tolist() == y[:, 0].tolist() == test.y.tolist()
+    xf = x.astype(np.float32) / 255
+    np.savez(tmp_path / "f.npz", x_train=xf, y_train=y, x_test=xf, y_test=y)
+    torch.testing.assert_close(load_mnist(tmp_path / "f.npz")[0].x, torch.from_numpy(xf.reshape(5, 784)))
+    xf[2, 3, 4] = 1.0 + 1e-3
+    np.savez(tmp_path / "f.npz", x_train=xf, y_train=y, x_test=xf, y_test=y)
+    with pytest.raises(UserError, match=r"f\.npz:x_train: float pixels must already lie in \[0, 1\]"):
+        load_mnist(tmp_path / "f.npz")
+    np.savez(tmp_path / "l.npz", x_train=x, y_train=np.c_[y, y], x_test=x, y_test=y)
+    with pytest.raises(UserError, match=r"l\.npz:x_train: 5 images but labels of shape \[5, 2\]"):
+        load_mnist(tmp_path / "l.npz")
+    np.savez(tmp_path / "m.npz", x_train=x, y_train=y, x_test=x)
+    with pytest.raises(UserError, match=r"missing arrays \['y_test'\]"):
+        load_mnist(tmp_path / "m.npz")
+    (tmp_path / "mnist.npz").unlink()
+    with pytest.raises(UserError, match="no MNIST data in"):
+        load_mnist(tmp_path)
+
+
+def test_mnist_partial_idx_set_names_what_is_missing(tmp_path):
+    d = write_mnist(tmp_path / "m")
+    (d / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError) as err:
+        load_mnist(d)
+    assert f"missing {d / 't10k-labels-idx1-ubyte'}[.gz]" in str(err.value)
+    assert "train-images" not in str(err.value).split("missing", 1)[1]
 
 
 @FAST
