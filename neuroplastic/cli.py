@@ -284,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"neuroplastic: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except RunStopped as exc:  # Ctrl-C / SIGTERM at a safe point, or a diverging loss
-        print(f"neuroplastic: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}", file=sys.stderr)
+        from .distributed import is_main
+
+        if is_main():  # every rank stops at the same step; one of them says so
+            print(f"neuroplastic: {'stopped' if isinstance(exc, Interrupted) else 'error'}: {exc}",
+                  file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         print("neuroplastic: interrupted at once (the checkpoints already written are kept; "
