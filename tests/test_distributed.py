@@ -123,6 +123,27 @@ def test_cli_refuses_a_broken_torchrun_environment(monkeypatch, tmp_path, capsys
     assert not out.exists()
 
 
+def test_eprop_captures_every_protected_layer_including_the_readout():
+    """Found by the 2-rank comparison: e-prop filled ``last_input`` of its hidden layers
+    only, so HLOP's rows of the readout learned from the last *evaluation* batch (stale,
+    and of another size on each rank). Every capture layer now holds this step's input."""
+    from neuroplastic.encoders import make_encoder
+    from neuroplastic.network import mlp
+    from neuroplastic.trainers import TrainSettings, make_trainer
+
+    torch.manual_seed(0)
+    net = mlp([20, 16, 4], tau_mem=5e-3)
+    for _, layer in net.synapses():
+        layer.capture = True
+    tr = make_trainer(net, make_encoder("direct", 5), TrainSettings(trainer="eprop", time_steps=5), quiet=True)
+    net.layers["fc2"].last_input = torch.zeros(5, 99, 16)  # what an earlier evaluation left
+    x, y = torch.rand(8, 20, generator=torch.Generator().manual_seed(1)), torch.randint(0, 4, (8,))
+    tr.train_step(x, y, None)
+    assert net.layers["fc1"].last_input.shape == (5, 8, 20)
+    z = net.layers["fc2"].last_input
+    assert z.shape == (5, 8, 16) and set(z.unique().tolist()) <= {0.0, 1.0} and z.sum() > 0  # this step's spikes
+
+
 # -- two processes -------------------------------------------------------------------------
 def _spawn(out: Path, scenarios: str):
     """Run scenarios of tests/distributed_worker.py in one 2-process spawn; returns
