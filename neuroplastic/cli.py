@@ -13,6 +13,7 @@ Bad input prints one line ``neuroplastic: error: ...`` and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -277,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "plot": _cmd_plot}
         return commands[a.command](a)
     except UserError as exc:
-        print(f"neuroplastic: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds it; rank 0 says it
+            print(f"neuroplastic: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable run directory, full disk, unreadable file
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

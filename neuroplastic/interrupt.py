@@ -31,10 +31,10 @@ class StopRequest:
         if not is_distributed():
             return self.signum is not None
         import torch
-        import torch.distributed as dist
 
-        flag = torch.tensor([0 if self.signum is None else self.signum])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        from .distributed import all_reduce
+
+        flag = all_reduce(torch.tensor([0 if self.signum is None else self.signum]), "max")
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())

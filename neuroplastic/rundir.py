@@ -210,6 +210,7 @@ class RunDir:
     def create(self, *, resume: bool = False, force: bool = False) -> None:
         """Make (or empty, with ``force``) the directory and write ``config.toml``; on resume
         only remove temporaries left by a killed write."""
+        barrier()  # every rank has checked the directory before rank 0 fills it
         if is_main():
             if resume:
                 _remove_temporaries(self.root)

@@ -112,7 +112,7 @@ def test_cuda_without_cuda_is_one_line(monkeypatch):
 def test_cli_refuses_a_broken_torchrun_environment(monkeypatch, tmp_path, capsys):
     from neuroplastic.cli import main
 
-    for k, v in {"WORLD_SIZE": "2", "RANK": "1"}.items():
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0"}.items():
         monkeypatch.setenv(k, v)
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
@@ -121,6 +121,9 @@ def test_cli_refuses_a_broken_torchrun_environment(monkeypatch, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("neuroplastic: error:") and "MASTER_ADDR is not set" in err and "\n" not in err
     assert not out.exists()
+    monkeypatch.setenv("RANK", "1")  # the other ranks find the same error and leave the saying to rank 0
+    assert main(["run", "--tasks", "1", "--epochs", "1", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == "" and not out.exists()
 
 
 def test_eprop_captures_every_protected_layer_including_the_readout():
