@@ -14,7 +14,7 @@ import dataclasses
 import math
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from neuroplastic.config import (
@@ -329,6 +329,10 @@ def test_momentum_bounds(m):
 
 @FAST
 @given(st.integers(-(2**80), 2**80))
+@example(0)
+@example(-1)
+@example(SEED_MAX)
+@example(SEED_MAX + 1)
 def test_seed_bounds(seed):
     if 0 <= seed <= SEED_MAX:
         assert config_from_dict({"seed": seed}).seed == seed
@@ -384,6 +388,60 @@ def test_memory_estimate_counts_parameters_and_optimizer_state():
     assert neurons == 110 and act_bytes == 4 * 3 * (784 + 110) * 20
     adam = config_from_dict({"model": {"hidden": [100]}, "train": {"optimizer": "adam"}})
     assert estimate_model_bytes(adam)[0] == 4 * params * 4
+
+
+@pytest.mark.parametrize("setting, outs", [("task", 2 * 5), ("domain", 2), ("class", 10)])
+def test_memory_estimate_of_split_streams(setting, outs):
+    """Task-incremental: one head of classes_per_task outputs per task; domain: one head
+    of classes_per_task; class: one head of every class."""
+    from neuroplastic.config import estimate_model_bytes
+
+    cfg = config_from_dict({"data": {"stream": "split", "tasks": 5, "setting": setting}, "model": {"hidden": [7]}})
+    assert estimate_model_bytes(cfg)[2:] == (784 * 7 + 7 + 7 * outs + outs, 7 + outs)
+
+
+def test_documented_defaults():
+    """The defaults docs/config.md states."""
+    cfg = RunConfig()
+    assert (cfg.methods, cfg.seed, cfg.quiet, cfg.device) == (["finetune", "multitask"], 0, False, "cpu")
+    d = cfg.data
+    assert (d.dataset, d.data_dir, d.stream, d.tasks, d.classes_per_task, d.setting, d.max_per_task,
+            d.permute_first, d.augment) == ("digits", None, "permuted", 5, 2, "task", None, False, 1)
+    m = cfg.model
+    assert (m.arch, m.hidden, m.channels, m.neuron, m.tau_mem, m.dt, m.integration, m.reset, m.surrogate, m.v_th,
+            m.readout, m.readout_tau, m.bias, m.recurrent) == (
+        "mlp", [256], [16, 32], "lif", 2e-3, 1e-3, "exact", "subtract", "atan", 1.0, "li", 2e-3, True, False)
+    t = cfg.train
+    assert (t.trainer, t.epochs, t.batch_size, t.lr, t.optimizer, t.momentum, t.weight_decay, t.time_steps,
+            t.encoder, t.decoder, t.eval_batch_size, t.feedback) == (
+        "bptt", 1, 64, 0.01, "sgd", 0.9, 0.0, 6, "rate", "mean", 512, "symmetric")
+
+
+@FAST
+@given(st.text(max_size=12))
+@example("")
+@example("   ")
+@example("a\x00b")
+def test_data_dir_must_name_a_path(path):
+    doc = {"data": {"dataset": "mnist", "data_dir": path}}
+    if path.strip() and "\x00" not in path:
+        assert config_from_dict(doc).data.data_dir == path
+    else:
+        with pytest.raises(UserError, match="data.data_dir must name a path"):
+            config_from_dict(doc)
+
+
+@FAST
+@given(st.floats(allow_nan=True, allow_infinity=True))
+@example(0.0)
+@example(-1e-9)
+def test_checkpoint_every_bounds(seconds):
+    doc = {"checkpoint_every": seconds}
+    if 0 <= seconds < math.inf:
+        assert config_from_dict(doc).checkpoint_every == seconds
+    else:
+        with pytest.raises(UserError, match="checkpoint_every"):
+            config_from_dict(doc)
 
 
 def test_memory_refusal_uses_the_available_memory(monkeypatch):
