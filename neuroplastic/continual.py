@@ -47,7 +47,7 @@ def build_stream(cfg: RunConfig):
     d = cfg.data
     return make_stream(dataset=d.dataset, stream=d.stream, n_tasks=d.tasks, data_dir=d.data_dir,
                        seed=cfg.seed, classes_per_task=d.classes_per_task, setting=d.setting,
-                       max_per_task=d.max_per_task, augment=d.augment)
+                       max_per_task=d.max_per_task, augment=d.augment, permute_first=d.permute_first)
 
 
 def build_model(cfg: RunConfig, stream) -> SNN:

@@ -456,3 +456,15 @@ def test_make_stream_errors(tmp_path):
         make_stream(n_tasks=0)
     with pytest.raises(UserError):
         make_stream(max_per_task=0)
+
+
+def test_permute_first_reaches_the_runs_stream():
+    """``data.permute_first`` permutes task 0 too (it was validated and then dropped)."""
+    from neuroplastic.config import DataConfig, RunConfig
+    from neuroplastic.continual import build_stream
+
+    plain = build_stream(RunConfig(data=DataConfig(tasks=2)))
+    first = build_stream(RunConfig(data=DataConfig(tasks=2, permute_first=True)))
+    assert torch.equal(plain.tasks[0].train.x, plain.tasks[0].train.x)
+    assert not torch.equal(plain.tasks[0].train.x, first.tasks[0].train.x)
+    assert torch.equal(plain.tasks[0].train.x.sort(1).values, first.tasks[0].train.x.sort(1).values)  # moved
