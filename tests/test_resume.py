@@ -218,6 +218,8 @@ def test_resume_refuses_overrides_and_non_runs(tmp_path, capsys):
 
 
 # -- real processes: SIGKILL mid-task, during a checkpoint write; SIGTERM ---------------
+# (the children run one torch thread; the resumed half runs in this process, also on one
+# thread: bitwise equality needs the same summation order)
 
 _CHILD = r"""
 import os, signal, sys
@@ -272,7 +274,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 @pytest.mark.parametrize("when", ["task0", "task1"])
-def test_sigkill_mid_task_then_resume(tmp_path, reference_run, when):
+def test_sigkill_mid_task_then_resume(tmp_path, reference_run, one_thread, when):
     out = tmp_path / "cut"
     proc = _child("plain", "run", str(_cfg_file(tmp_path, out)), "--quiet")
     _wait_for(out / ("resume.pt" if when == "task0" else "ckpt_task0.pt"), proc)
@@ -284,7 +286,7 @@ def test_sigkill_mid_task_then_resume(tmp_path, reference_run, when):
     _same_run(reference_run, out)
 
 
-def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path, reference_run):
+def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path, reference_run, one_thread):
     out = tmp_path / "cut"
     proc = _child("kill-in-write", "run", str(_cfg_file(tmp_path, out)), "--quiet")
     assert proc.wait(timeout=300) == -signal.SIGKILL
@@ -294,7 +296,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path, reference_run):
     _same_run(reference_run, out)
 
 
-def test_sigterm_stops_at_a_safe_point_with_a_message(tmp_path, reference_run):
+def test_sigterm_stops_at_a_safe_point_with_a_message(tmp_path, reference_run, one_thread):
     out = tmp_path / "cut"
     proc = _child("plain", "run", str(_cfg_file(tmp_path, out)), "--quiet")
     _wait_for(out / "resume.pt", proc)
