@@ -49,12 +49,12 @@ from neuroplastic.plugins import REGISTRY
 SINGLE = {
     "data": {"dataset": "digits", "stream": "permuted", "tasks": 1},
     "model": {"hidden": [256]},
-    "train": {"epochs": 5, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "time_steps": 6},
+    "train": {"epochs": 5, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "time_steps": 6, "encoder": "rate"},
 }
 PERMUTED = {
     "data": {"dataset": "digits", "stream": "permuted", "tasks": 5},
     "model": {"hidden": [256]},
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "time_steps": 6},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "time_steps": 6, "encoder": "rate"},
 }
 UPDATE_EVERY = 10  # mask updates every 10 steps (about 22 updates in the 215 steps of a run)
 SPARSE = ("granet", "gmp", "rigl", "set", "static")

@@ -73,7 +73,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     time_steps: int = 6
-    encoder: str = "rate"
+    encoder: str = "direct"  # static images as a constant current (HLOP forgets 2-4x more with rate)
     decoder: str = "mean"
     eval_batch_size: int = 512
     feedback: str = "symmetric"
