@@ -347,3 +347,70 @@ def test_ewc_separate_keeps_one_fisher_per_task_and_online_decays():
     for n in fs[0]:
         expected = 0.25 * (0.25 * fs[0][n] + fs[1][n]) + fs[2][n]
         torch.testing.assert_close(onl.plugins[0].fisher[0][n], expected, rtol=1e-5, atol=1e-12)
+
+
+def test_gpm_max_rows_draws_from_all_rows_even_when_d_is_smaller():
+    """20 rows of dimension 12: a draw of 8 or 19 of them (any rows, not only the first D)
+    keeps the dominant direction e11 of rows 12..19; 19 of 20 rows is not all of them."""
+    torch.manual_seed(0)
+    D = 12
+    g = torch.Generator().manual_seed(4)
+    x = torch.zeros(20, D)
+    x[:12, :6] = torch.rand(12, 6, generator=g) * 0.3
+    x[12:, 11] = 1.0
+    y = torch.zeros(20, dtype=torch.long)
+    bases = {}
+    for max_rows in (8, 19, None):
+        plugins = build_plugins("gpm", {"gpm": {"layers": ["fc1"], "n_samples": 20, "threshold": [0.999],
+                                                "max_rows": max_rows}})
+        _trainer(mlp([D, 4, 3]), plugins)
+        plugins.on_task_start(0, None)
+        plugins.on_task_end(0, _Task(x, y))
+        bases[max_rows] = plugins.plugins[0].U["fc1"]
+    for U in bases.values():
+        assert U.shape[0] >= 1 and float(U[0, 11].abs()) > 0.99  # e11 first: rows 12..19 were drawn
+    torch.testing.assert_close(bases[None], gpm_update(x, torch.zeros(0, D), 0.999)[0])
+    assert bases[19].shape != bases[None].shape or not torch.allclose(bases[19], bases[None], atol=1e-4)
+
+
+def test_options_validation():
+    from neuroplastic.plugins.ewc import EWCOptions
+    from neuroplastic.plugins.gpm import GPMOptions
+
+    for bad in ({"lam": True}, {"lam": "1"}, {"lam": -0.5}, {"gamma": 1.5}, {"gamma": -0.1},
+                {"fisher_samples": 0}, {"fisher_samples": True}, {"fisher_batch_size": 0}, {"fisher": "true"}):
+        with pytest.raises(ValueError, match="ewc"):
+            EWCOptions(**bad)
+    assert EWCOptions(lam=0, gamma=0, fisher_samples=1, fisher_batch_size=1).lam == 0
+    for bad in ({"threshold": 0.9}, {"threshold": []}, {"threshold": [0.0]}, {"threshold": [1.01]},
+                {"threshold": [True]}, {"threshold_inc": -0.1}, {"threshold_inc": "0"}, {"n_samples": 0},
+                {"n_samples": True}, {"n_samples": 2.0}, {"activity": "trace"}, {"max_rows": 0},
+                {"max_rows": 1.5}, {"layers": "fc1"}):
+        with pytest.raises(ValueError, match="gpm"):
+            GPMOptions(**bad)
+    ok = GPMOptions(threshold=[1, 0.5], threshold_inc=0, n_samples=1, max_rows=None, layers=["fc1"])
+    assert ok.max_rows is None and ok.threshold_inc == 0
+    assert GPMOptions(max_rows=1).max_rows == 1
+
+
+def test_ewc_records_before_and_after_a_penalty():
+    torch.manual_seed(0)
+    model = mlp([6, 3])
+    plugins = build_plugins("ewc", {"ewc": {"fisher_samples": 8, "fisher_batch_size": 4}})
+    tr = _trainer(model, plugins)
+    e = plugins.plugins[0]
+    assert e.metrics() == {"ewc": {"fisher_mean": [], "last_penalty": 0.0}}
+    x, y = _data(12, 6, 12)  # 8 samples in two full batches of 4, then stop (12 available)
+    plugins.on_task_start(0, None)
+    plugins.on_task_end(0, _Task(x, y))
+    expect = _fisher_by_hand(tr, x, y, 8, 4)
+    for n, f in e.fisher[0].items():
+        assert torch.isfinite(f).all()
+        torch.testing.assert_close(f, expect[n], rtol=1e-4, atol=1e-10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    pen = plugins.penalty()
+    assert e.metrics()["ewc"]["last_penalty"] == pytest.approx(float(pen.detach())) and float(pen.detach()) > 0
+    rec = e.records()["fisher_mean"]
+    assert rec.dtype == torch.float64 and rec.tolist() == pytest.approx(e.fisher_mean)

@@ -407,3 +407,62 @@ def test_old_and_captured_energy_in_closed_form():
     assert m["old_subspace_energy"]["fc1"][0] is None
     assert m["old_subspace_energy"]["fc1"][1] == pytest.approx(0.5, abs=1e-6)
     assert math.isfinite(m["captured_energy"]["fc1"][-1])
+
+
+def test_lazy_sync_with_a_single_old_row():
+    """One old row (the smallest old subspace) is protected by the lazy sync too."""
+    tr, plugins, h = _hlop([20, 6], {"layers": ["fc1"], "project_every": 2, "hebb_every": 1})
+    v = random_orthonormal_rows(1, 20, torch.Generator().manual_seed(14))
+    _set_old(h, {"fc1": v})
+    assert h.n_old["fc1"] == 1
+    fc1 = tr.model.layers["fc1"]
+    W0 = fc1.weight.detach().clone()
+    gen = torch.Generator().manual_seed(15)
+    for _ in range(2):
+        tr.train_step(torch.rand(16, 20, generator=gen), torch.randint(0, 6, (16,), generator=gen), None)
+    dW = fc1.weight.detach() - W0
+    assert float(dW.abs().max()) > 1e-4
+    assert float((dW @ v.T).abs().max()) < 1e-6
+
+
+def test_state_roundtrip_keeps_counters_as_integers():
+    tr, plugins, h = _hlop([12, 8, 3], {"init_size": [2, 2], "project_every": 4})
+    gen = torch.Generator().manual_seed(16)
+    plugins.on_task_start(0, None)
+    tr.train_step(*_batch(gen, 12), None)
+    plugins.on_task_end(0, None)
+    plugins.on_task_start(1, None)
+    tr.train_step(*_batch(gen, 12), None)
+    state = h.state_dict()
+    tr2, plugins2, h2 = _hlop([12, 8, 3], {"init_size": [2, 2], "project_every": 4})
+    h2.load_state_dict(state)
+    assert h2.task == 1 and type(h2.task) is int
+    assert h2.n_old == {"fc1": 2, "fc2": 2} and all(type(v) is int for v in h2.n_old.values())
+    assert h2._steps == 1 and type(h2._steps) is int
+    assert h2.sizes == h.sizes and all(type(x) is int for v in h2.sizes.values() for x in v)
+    for n in h.H:
+        assert torch.equal(h2.H[n], h.H[n]) and torch.equal(h2.anchor[n], h.anchor[n])
+
+
+@pytest.mark.parametrize("n_fixed", [0, 2])
+def test_spiking_hebbian_update_quantises_in_the_many_rows_case(n_fixed):
+    """With spiking lateral neurons the update always uses the quantised activity, also
+    when there are more rows than dimensions (where the plain rule takes the covariance)."""
+    from neuroplastic.plugins.projection import oja_subspace_step, quantize
+
+    gen = torch.Generator().manual_seed(17)
+    X = torch.rand(40, 6, generator=gen, dtype=torch.float64)
+    H0 = torch.randn(4, 6, generator=gen, dtype=torch.float64) * 0.4
+    sp = (2.0, 7.0)  # coarse: the quantisation shows
+    H, mom = H0.clone(), torch.zeros(4 - n_fixed, 6, dtype=torch.float64)
+    act = hebbian_update(X, H, mom, n_fixed, lr=0.1, momentum=0.5, iters=3, spiking=sp)
+    Hr, mr = H0.clone(), torch.zeros(4 - n_fixed, 6, dtype=torch.float64)
+    for _ in range(3):
+        dH, _ = oja_subspace_step(X, Hr, n_fixed, spiking=sp)
+        mr = 0.5 * mr + 0.5 * dH
+        Hr[n_fixed:] += 0.1 * mr
+    torch.testing.assert_close(H, Hr, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(act, quantize(X @ H0.T, *sp).abs().mean(0), rtol=1e-12, atol=1e-12)
+    Hp, mp = H0.clone(), torch.zeros(4 - n_fixed, 6, dtype=torch.float64)
+    hebbian_update(X, Hp, mp, n_fixed, lr=0.1, momentum=0.5, iters=3)
+    assert not torch.allclose(Hp, H)

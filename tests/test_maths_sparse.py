@@ -276,3 +276,142 @@ def test_erk_second_redistribution_found_only_by_solving_again():
     assert d == pytest.approx({"a": eps * 0.5, "b": eps * 0.1, "c": eps * 0.04})
     assert erk_densities({"a": (4, 4), "b": (20, 20)}, 1.0) == {"a": 1.0, "b": 1.0}
     assert erk_densities({"a": (4, 4), "b": (20, 20)}, 0.0) == {"a": 0.0, "b": 0.0}
+
+
+# -- helpers and bookkeeping ---------------------------------------------------------------------------------------
+def test_load_masks_returns_the_count_and_dense_grads_accumulate_until_removed():
+    from neuroplastic.sparse import DenseGrad, load_masks
+
+    torch.manual_seed(0)
+    net = mlp([6, 5, 3])
+    net.layers["fc1"].set_mask(random_mask((5, 6), 0.5, torch.Generator().manual_seed(1)))
+    fresh = mlp([6, 5, 3])
+    assert load_masks(fresh, net.state_dict()) == 1
+    net.layers["fc2"].set_mask(random_mask((3, 5), 0.5, torch.Generator().manual_seed(2)))
+    assert load_masks(mlp([6, 5, 3]), net.state_dict()) == 2
+    # two backward passes before a clear: the dense gradients add up
+    fc1 = net.layers["fc1"]
+    dg = DenseGrad([("fc1", fc1)])
+    dg.enabled = True
+    x = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for w in (1.0, -3.0):
+        out = fc1(x)
+        (w * out.pow(2).sum()).backward()
+        grads.append(2 * w * torch.einsum("tbo,tbi->oi", out.detach(), x))
+    torch.testing.assert_close(dg.grads["fc1"], grads[0] + grads[1], rtol=1e-5, atol=1e-6)
+    dg.clear()
+    assert dg.grads == {}
+    dg.remove()
+    fc1(x).sum().backward()
+    assert dg.grads == {}
+
+
+def test_sparse_options_validation():
+    from neuroplastic.errors import UserError
+    from neuroplastic.plugins import options_for
+
+    for bad in ({"death_rate": 1.5}, {"death_rate": -0.1}, {"death_rate_min": 0.6}, {"seed": True}, {"seed": "1"},
+                {"seed": 1.5}, {"sparsity": 1.0}, {"init_density": 0.0}, {"update_every": 0}, {"span": "x"},
+                {"steps_per_task": -1}, {"dormant_share": 1.5}, {"dormant_tau": 1.0}, {"dormant_init": -1.0},
+                {"prune": 1}, {"end": 0.1, "start": 0.2}, {"unit": "step", "end": 2.5}):
+        with pytest.raises(UserError, match="granet"):
+            options_for("granet", bad)
+    ok = options_for("granet", {"death_rate": 1.0, "death_rate_min": 1.0, "seed": -3, "sparsity": 0.0})
+    assert ok.death_rate == 1.0 and ok.seed == -3
+
+
+class _Stream:
+    def __init__(self, sizes):
+        from neuroplastic.datasets import ArrayDataset
+
+        self.tasks = [type("T", (), {"train": ArrayDataset(torch.rand(n, 20), torch.zeros(n, dtype=torch.long), 4)})()
+                      for n in sizes]
+
+
+@pytest.mark.parametrize("span", ["first_task", "all_tasks", "each_task"])
+def test_run_length_from_the_stream(span):
+    """Batches of 8, one epoch: tasks of 20, 30, 40 samples take 3, 4, 5 steps."""
+    tr, p = make("granet", span=span)
+    stream = _Stream([20, 30, 40])
+    for t, task in enumerate(stream.tasks):
+        p.on_task_start(t, task)
+        p.train_sources(t, stream, [(task.train, None)])
+        assert p.cur_task_steps == [3, 4, 5][t]
+    assert p.n_tasks == 3 and p.task0_steps == 3
+    assert p.span_steps == (12 if span == "all_tasks" else 3)
+    tr, p = make("granet", span=span, steps_per_task=7)
+    p.train_sources(0, stream, [(stream.tasks[0].train, None)])
+    assert p.span_steps == (21 if span == "all_tasks" else 7) and p.cur_task_steps == 7
+
+
+def test_each_task_restarts_the_death_rate_cosine_over_the_tasks_steps():
+    tr, p = make("granet", sparsity=0.5, unit="step", start=0, end=4, update_every=2, death_rate=0.4,
+                 death_rate_min=0.02, span="each_task")
+    p.set_run_length(8, n_tasks=2)
+    for x, y in batches(8):
+        tr.train_step(x, y, None)
+    p.on_task_start(1, None)
+    p.cur_task_steps = 10
+    rates = []
+    for x, y in batches(4, seed=2):
+        tr.train_step(x, y, None)
+        rates.append(p.death_rate())
+    assert rates == pytest.approx([cosine_death_rate(k, 10, 0.4, 0.02) for k in range(1, 5)])
+
+
+def test_later_tasks_regrow_by_gradient_on_their_grid():
+    tr, p = make("granet", sparsity=0.5, unit="step", start=0, end=4, update_every=2, death_rate_min=0.2)
+    p.set_run_length(4, n_tasks=2)
+    for x, y in batches(4):
+        tr.train_step(x, y, None)
+    p.on_task_start(1, None)
+    before = masks(tr)
+    n_reg = p.n_regrown
+    steps = []
+    for k, (x, y) in enumerate(batches(4, seed=3), start=1):
+        n_up = p.n_updates
+        tr.train_step(x, y, None)
+        if p.n_updates > n_up:
+            steps.append(k)
+    assert steps == [2, 4]
+    assert p.n_regrown > n_reg  # dense gradients were recorded on those steps
+    assert any(not torch.equal(before[n], v) for n, v in masks(tr).items())
+
+
+def test_records_have_one_entry_per_update():
+    tr, p = make("granet", sparsity=0.6, unit="step", start=0, end=6, update_every=2)
+    p.set_run_length(8)
+    for x, y in batches(8):
+        tr.train_step(x, y, None)
+    rec = p.records()
+    n = len(rec["step"])
+    assert n == p.n_updates == 4
+    for key in ("task", "target", "sparsity", "death_rate", "regrown", "regrown_dormant", "dormant_neurons"):
+        assert len(rec[key]) == n, key
+    assert rec["step"].tolist() == [2, 4, 6, 8]
+    for name, m in tr.model.synapses():
+        assert rec["layer_sparsity"][name][-1] == pytest.approx(1 - float(m.mask.sum()) / m.mask.numel())
+    assert rec["sparsity"][-1] == pytest.approx(0.6, abs=1 / sum(m.weight.numel() for _, m in tr.model.synapses()))
+    assert p.metrics()["granet"]["layer_sparsity"] == {n: pytest.approx(v[-1]) for n, v in
+                                                       rec["layer_sparsity"].items()}
+
+
+def test_dormant_aware_regrowth_into_silent_conv_channels():
+    from neuroplastic.network import cnn
+
+    torch.manual_seed(0)
+    net = cnn((1, 8, 8), (4,), 3)
+    with torch.no_grad():  # channel 0 of conv1 never fires
+        net.layers["conv1"].weight[0] = -1.0
+        net.layers["conv1"].bias[0] = -5.0
+    plugins = build_plugins("rigl", {"rigl": {"sparsity": 0.7, "unit": "step", "update_every": 2,
+                                              "dormant_aware": True, "dormant_share": 1.0}})
+    tr = Trainer(net, make_encoder("rate", 3), TrainSettings(time_steps=3, batch_size=4), plugins, quiet=True)
+    p = plugins.plugins[0]
+    p.set_run_length(4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        tr.train_step(torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g), None)
+    assert max(p.hist["dormant_neurons"]) >= 1
+    assert sum(p.hist["regrown_dormant"]) > 0

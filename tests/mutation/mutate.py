@@ -68,14 +68,19 @@ MODULE_TESTS: dict[str, list[str]] = {
     "neuroplastic/surrogate.py": ["tests/test_maths_surrogate.py", "tests/test_surrogate.py",
                                   "tests/test_maths_neurons.py"],
     "neuroplastic/plugins/hlop.py": ["tests/test_maths_hlop.py", "tests/test_hlop_rate.py", "tests/test_hlop.py",
-                                     "tests/test_maths_plugins_boundaries.py"],
+                                     "tests/test_maths_plugins_boundaries.py", "tests/test_seeds.py",
+                                     "tests/test_bad_input.py"],
     "neuroplastic/plugins/projection.py": ["tests/test_maths_hlop.py", "tests/test_maths_gpm_ewc.py",
-                                           "tests/test_hlop.py", "tests/test_gpm_ewc.py"],
-    "neuroplastic/plugins/ewc.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py"],
-    "neuroplastic/plugins/gpm.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py"],
-    "neuroplastic/sparse.py": ["tests/test_maths_sparse.py", "tests/test_sparse.py", "tests/test_granet.py"],
+                                           "tests/test_hlop.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py"],
+    "neuroplastic/plugins/ewc.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py",
+                                    "tests/test_bad_input.py"],
+    "neuroplastic/plugins/gpm.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py",
+                                    "tests/test_bad_input.py"],
+    "neuroplastic/sparse.py": ["tests/test_maths_sparse.py", "tests/test_sparse.py", "tests/test_granet.py",
+                               "tests/test_seeds.py"],
     "neuroplastic/plugins/granet.py": ["tests/test_maths_sparse.py", "tests/test_granet.py",
-                                       "tests/test_maths_plugins_boundaries.py"],
+                                       "tests/test_maths_plugins_boundaries.py", "tests/test_seeds.py",
+                                       "tests/test_bad_input.py"],
     "neuroplastic/continual.py": ["tests/test_maths_runner.py", "tests/test_resume.py"],
     "neuroplastic/metrics.py": ["tests/test_maths_metrics.py", "tests/test_metrics.py"],
 }
@@ -209,7 +214,7 @@ def enumerate_mutants(path: Path, module: str, exclude: str = DEFAULT_EXCLUDE) -
             v = node.value
             if isinstance(v, bool):
                 add(node, "constant bool", repr(not v))
-            elif isinstance(v, int):
+            elif isinstance(v, int) and abs(v) < 1000:  # not seed offsets / primes: any value is as valid
                 add(node, "constant int+1", repr(v + 1))
                 add(node, "constant int-1", "(" + repr(v - 1) + ")")
             elif isinstance(v, float):
