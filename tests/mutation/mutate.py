@@ -523,7 +523,7 @@ def mutate_module(root: Path, module: str, tests: list[str], args, env, log) -> 
         log(f"{module}: the tests fail on the unmutated code ({status}); skipped\n{_tail(out, 15)}")
         res["error"] = f"baseline {status}: {_tail(out)}"
         return res
-    timeout = args.timeout or max(30.0, 3 * base_s + 15)
+    timeout = args.timeout or max(45.0, 4 * base_s + 30)
     log(f"{module}: {len(chosen)} of {len(all_mutants)} mutants, tests {' '.join(tests)} "
         f"(baseline {base_s:.1f} s, timeout {timeout:.0f} s)")
     src = original.decode()
@@ -565,7 +565,7 @@ def main(argv=None) -> int:
     p.add_argument("--rev", help="measure this commit (git archive) instead of the working tree")
     p.add_argument("--in-place", action="store_true", help="mutate --root itself (private clones only!)")
     p.add_argument("--tests", nargs="+", help="test files for every module instead of the built-in map")
-    p.add_argument("--timeout", type=float, default=0, help="seconds per mutant (default: 3x baseline + 15)")
+    p.add_argument("--timeout", type=float, default=0, help="seconds per mutant (default: 4x baseline + 30, at least 45)")
     p.add_argument("--baseline-timeout", type=float, default=900)
     p.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex: source lines never mutated")
     p.add_argument("--only", nargs="+", default=[],
