@@ -212,3 +212,22 @@ def test_format_table_rows():
     assert lines[1].split() == ["finetune", "50.25", "n/a", "-1.50", "0.00", "3.1"]
     assert lines[2].startswith("hlop (interrupted, 1/3)")
     assert lines[2].split()[-5:] == ["60.00", "-0.50", "n/a", "0.90", "10.0"]
+
+
+@slow
+def test_resume_after_a_finished_task_runs_only_the_remaining_tasks(split_run, tmp_path):
+    """The run directory without its last checkpoint: ``--resume`` continues after task 1
+    (not again from task 1) and ends with the same matrix as the uninterrupted run."""
+    import dataclasses
+    import shutil
+
+    cfg, out, _ = split_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for method in METHODS:
+        (copy / method / checkpoint_name(T - 1)).unlink()
+    resumed = run(dataclasses.replace(cfg, out=str(copy)), echo=lambda *a: None, resume=True)
+    for method in METHODS:
+        m = json.loads((out / method / "metrics.json").read_text())
+        assert resumed[method]["acc_matrix"] == m["acc_matrix"]
+        assert resumed[method]["acc"] == m["acc"] and resumed[method]["tasks_done"] == T

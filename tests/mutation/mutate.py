@@ -565,7 +565,8 @@ def main(argv=None) -> int:
     p.add_argument("--rev", help="measure this commit (git archive) instead of the working tree")
     p.add_argument("--in-place", action="store_true", help="mutate --root itself (private clones only!)")
     p.add_argument("--tests", nargs="+", help="test files for every module instead of the built-in map")
-    p.add_argument("--timeout", type=float, default=0, help="seconds per mutant (default: 4x baseline + 30, at least 45)")
+    p.add_argument("--timeout", type=float, default=0,
+                   help="seconds per mutant (default: 4x baseline + 30, at least 45)")
     p.add_argument("--baseline-timeout", type=float, default=900)
     p.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex: source lines never mutated")
     p.add_argument("--only", nargs="+", default=[],
