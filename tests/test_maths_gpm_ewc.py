@@ -119,6 +119,18 @@ def test_gpm_later_basis_adds_the_fewest_directions_reaching_the_threshold():
             assert float((U[1:, 1:3] ** 2).sum()) == pytest.approx(add)  # inside span(e1, e2)
 
 
+def test_gpm_basis_may_outgrow_the_sample_count():
+    """Three representation rows, an old basis of two (one of them unused by this task):
+    reaching 0.84 adds two directions, four rows in all (more than the three samples)."""
+    R = _diag_R()
+    U0 = torch.zeros(2, 5, dtype=torch.float64)
+    U0[0, 0] = U0[1, 3] = 1.0
+    U, cap = gpm_update(R, U0, 0.84)
+    assert cap == pytest.approx(16 / 24, abs=1e-15)
+    assert U.shape == (4, 5) and torch.equal(U[:2], U0)
+    torch.testing.assert_close(U @ U.T, torch.eye(4, dtype=torch.float64))
+
+
 def test_gpm_threshold_schedule_and_layer_count():
     torch.manual_seed(0)
     plugins = build_plugins("gpm", {"gpm": {"threshold": [0.9, 0.95], "threshold_inc": 0.05}})
@@ -132,6 +144,7 @@ def test_gpm_threshold_schedule_and_layer_count():
     assert build_plugins("gpm").plugins[0].opts.threshold_inc == 0.003
     default = build_plugins("gpm")
     _trainer(mlp([6, 5, 3]), default)
+    assert default.plugins[0].threshold("fc1", 0) == 0.97  # the default (GPM's CIFAR schedule)
     assert default.plugins[0].threshold("fc1", 10) == pytest.approx(0.97 + 0.03)
     bad = build_plugins("gpm", {"gpm": {"threshold": [0.9, 0.9, 0.9]}})
     with pytest.raises(UserError, match="threshold"):
@@ -391,6 +404,20 @@ def test_options_validation():
     ok = GPMOptions(threshold=[1, 0.5], threshold_inc=0, n_samples=1, max_rows=None, layers=["fc1"])
     assert ok.max_rows is None and ok.threshold_inc == 0
     assert GPMOptions(max_rows=1).max_rows == 1
+
+
+@pytest.mark.parametrize("fisher", ["empirical", "sampled"])
+def test_fisher_estimate_leaves_the_model_mode_as_it_was(fisher):
+    torch.manual_seed(0)
+    model = mlp([6, 3])
+    plugins = build_plugins("ewc", {"ewc": {"fisher": fisher, "fisher_samples": 4}})
+    _trainer(model, plugins)
+    x, y = _data(8, 6, 13)
+    for mode in (False, True):
+        model.train(mode)
+        f = plugins.plugins[0].estimate_fisher(ArrayDataset(x, y, 3), None)
+        assert model.training is mode
+        assert sum(float(v.sum()) for v in f.values()) > 0
 
 
 def test_ewc_records_before_and_after_a_penalty():

@@ -181,9 +181,12 @@ def test_hlop_hebbian_step_uses_the_weighted_rate():
 
 
 # -- task boundaries -------------------------------------------------------------------------------
-@pytest.mark.parametrize("reset", [True, False])
+@pytest.mark.parametrize("reset", [True, False, None])
 def test_optimizer_state_is_cleared_at_later_task_starts_only(reset):
-    tr, plugins, h = _hlop([12, 8, 3], {"init_size": [4, 3], "reset_optimizer": reset})
+    """``reset_optimizer`` (on by default: ``None`` leaves the option out)."""
+    opts = {"init_size": [4, 3]} if reset is None else {"init_size": [4, 3], "reset_optimizer": reset}
+    tr, plugins, h = _hlop([12, 8, 3], opts)
+    reset = True if reset is None else reset
     gen = torch.Generator().manual_seed(6)
     tr.train_step(*_batch(gen, 12), None)  # momentum buffers exist before any task start
     assert len(tr.optimizer.state) > 0
@@ -392,7 +395,7 @@ def test_old_and_captured_energy_in_closed_form():
     E = torch.eye(10)
     half = torch.stack([E[i % 3] + E[3 + i % 4] for i in range(8)]) * 0.5
     task = _Task(half, torch.zeros(8, dtype=torch.long))
-    _set_old(h, {"fc1": E[:3] * 1.0}, task=task)
+    _set_old(h, {"fc1": E[:3] * 2.0}, task=task)  # learned rows need not be orthonormal: their span counts
     assert h.old_energy["fc1"][0] != h.old_energy["fc1"][0]  # nan at task 0
     assert h.old_energy["fc1"][1] == pytest.approx(0.5, abs=1e-6)
     # with a learned, non-orthonormal H the energy is that of its span (not |H x|^2)
@@ -466,3 +469,16 @@ def test_spiking_hebbian_update_quantises_in_the_many_rows_case(n_fixed):
     Hp, mp = H0.clone(), torch.zeros(4 - n_fixed, 6, dtype=torch.float64)
     hebbian_update(X, Hp, mp, n_fixed, lr=0.1, momentum=0.5, iters=3)
     assert not torch.allclose(Hp, H)
+
+
+def test_max_rows_subsample_is_drawn_from_every_activity_row():
+    """16 distinct input rows (direct encoding) of dimension 12, 8 drawn per update: only
+    rows 12..15 carry activity, so a draw restricted to the first D rows would leave H alone."""
+    tr, plugins, h = _hlop([12, 8, 3], {"layers": ["fc1"], "init_size": [3], "max_rows": 8, **PAPER})
+    plugins.on_task_start(0, None)
+    H0 = h.H["fc1"].clone()
+    x = torch.zeros(16, 12)
+    x[12:] = torch.rand(4, 12, generator=torch.Generator().manual_seed(18))
+    tr.train_step(x, torch.zeros(16, dtype=torch.long), None)
+    assert activity_matrix(tr.model.layers["fc1"], tr.model.layers["fc1"].last_input).shape == (16, 12)
+    assert not torch.equal(h.H["fc1"], H0)

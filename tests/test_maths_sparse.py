@@ -317,6 +317,11 @@ def test_sparse_options_validation():
                 {"prune": 1}, {"end": 0.1, "start": 0.2}, {"unit": "step", "end": 2.5}):
         with pytest.raises(UserError, match="granet"):
             options_for("granet", bad)
+    from neuroplastic.plugins.granet import SparseOptions
+
+    for bad in ({"seed": True}, {"seed": "1"}, {"death_rate": 1.5}):  # the dataclass itself, not only the config path
+        with pytest.raises(UserError, match="granet"):
+            SparseOptions(**bad)
     ok = options_for("granet", {"death_rate": 1.0, "death_rate_min": 1.0, "seed": -3, "sparsity": 0.0})
     assert ok.death_rate == 1.0 and ok.seed == -3
 
