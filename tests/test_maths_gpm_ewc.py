@@ -441,3 +441,15 @@ def test_ewc_records_before_and_after_a_penalty():
     assert e.metrics()["ewc"]["last_penalty"] == pytest.approx(float(pen.detach())) and float(pen.detach()) > 0
     rec = e.records()["fisher_mean"]
     assert rec.dtype == torch.float64 and rec.tolist() == pytest.approx(e.fisher_mean)
+
+
+def test_documented_defaults():
+    from neuroplastic.plugins.ewc import EWCOptions
+    from neuroplastic.plugins.gpm import GPMOptions
+
+    e = EWCOptions()
+    assert (e.lam, e.online, e.gamma, e.fisher_samples, e.fisher_batch_size, e.fisher, e.reset_optimizer, e.seed) \
+        == (100.0, True, 1.0, 256, 1, "empirical", True, 0)
+    g = GPMOptions()
+    assert (g.layers, g.threshold, g.threshold_inc, g.n_samples, g.activity, g.max_rows, g.freeze_non_weights,
+            g.reset_optimizer, g.seed) == (None, None, 0.003, 300, "spikes", 8192, True, True, 0)

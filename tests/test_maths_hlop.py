@@ -482,3 +482,40 @@ def test_max_rows_subsample_is_drawn_from_every_activity_row():
     tr.train_step(x, torch.zeros(16, dtype=torch.long), None)
     assert activity_matrix(tr.model.layers["fc1"], tr.model.layers["fc1"].last_input).shape == (16, 12)
     assert not torch.equal(h.H["fc1"], H0)
+
+
+def test_documented_defaults_and_option_checks():
+    from neuroplastic.plugins.hlop import HLOPOptions
+
+    o = HLOPOptions()
+    assert (o.lr_scale, o.energy_lr, o.lr, o.lr_input, o.momentum, o.hebb_iters, o.hebb_every, o.project_every,
+            o.clip) == ("energy", 4.0, 0.08, 0.008, 0.9, 5, 8, 16, 10.0)
+    assert (o.inc_shrink, o.inc_shrink_every, o.activity, o.rate_tau, o.max_rows, o.conv_mode, o.linear_mode) == \
+        (0.025, 3, "spikes", None, None, "weight", "auto")
+    assert (o.spiking, o.spiking_scale, o.spiking_steps, o.orthonormalize, o.init_complement, o.freeze_non_weights,
+            o.reset_optimizer, o.energy_samples, o.seed) == (False, 20.0, 1000, False, True, True, True, 256, 0)
+    for bad in ({"seed": True}, {"seed": -1}, {"seed": 1.0}, {"energy_samples": -1}, {"inc_shrink_every": True},
+                {"hebb_every": 0}, {"hebb_iters": True}, {"project_every": 1.5}, {"momentum": 1.0},
+                {"momentum": -0.1}, {"clip": 0}, {"energy_lr": True}, {"max_rows": 0}, {"rate_tau": 0},
+                {"inc_shrink": -0.1}, {"layers": "fc1"}, {"init_size": 3}, {"linear_mode": "conv"},
+                {"conv_mode": "auto"}):
+        with pytest.raises(ValueError, match="hlop"):
+            HLOPOptions(**bad)
+    HLOPOptions(seed=0, energy_samples=0, inc_shrink_every=0, momentum=0.0, max_rows=1, rate_tau=2, inc_shrink=0)
+
+
+def test_hebbian_update_with_fewer_rows_than_free_neurons():
+    """n = 2 activity rows, k = 4 free rows: the other association order, same update."""
+    gen = torch.Generator().manual_seed(19)
+    X = torch.rand(2, 9, generator=gen, dtype=torch.float64)
+    H0 = torch.cat([orthonormalize(torch.randn(1, 9, generator=gen, dtype=torch.float64)),
+                    torch.randn(4, 9, generator=gen, dtype=torch.float64) * 0.3])
+    H, mom = H0.clone(), torch.zeros(4, 9, dtype=torch.float64)
+    hebbian_update(X, H, mom, 1, lr=0.3, momentum=0.8, iters=4, clip=0.2)
+    Hr, mr = H0.clone(), torch.zeros(4, 9, dtype=torch.float64)
+    for _ in range(4):
+        Y = X @ Hr.T
+        dH = ((Y[:, 1:].T @ (X - Y @ Hr)) / 2).clamp(-0.2, 0.2)
+        mr = 0.8 * mr + 0.2 * dH
+        Hr[1:] += 0.3 * mr
+    torch.testing.assert_close(H, Hr, rtol=1e-12, atol=1e-12)

@@ -39,8 +39,9 @@ def split_run(tmp_path_factory):
         "train": {"epochs": 1, "batch_size": 16, "time_steps": 2, "lr": 0.05},
         "hlop": {"energy_samples": 16},
     })
-    results = run(cfg, echo=lambda *a: None)
-    return cfg, out, results
+    echoed: list[str] = []
+    results = run(cfg, echo=echoed.append)
+    return cfg, out, results, echoed
 
 
 def _evaluator(cfg, stream, state=None):
@@ -62,7 +63,7 @@ def _gem(R, b):
 @slow
 @pytest.mark.parametrize("method", METHODS)
 def test_summary_metrics_are_the_gem_formulas_of_the_recorded_matrix(split_run, method):
-    cfg, out, results = split_run
+    cfg, out, results, _ = split_run
     m = json.loads((out / method / "metrics.json").read_text())
     R, b = m["acc_matrix"], m["baseline"]
     assert len(R) == T and all(len(row) == T for row in R) and len(b) == T
@@ -84,7 +85,7 @@ def test_summary_metrics_are_the_gem_formulas_of_the_recorded_matrix(split_run, 
 @slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_recorded_accuracy_is_its_tasks_own_head_on_the_checkpoint(split_run, method):
-    cfg, out, _ = split_run
+    cfg, out, _, _ = split_run
     stream = build_stream(cfg)
     assert stream.n_heads == T and [t.head for t in stream.tasks] == list(range(T))
     m = json.loads((out / method / "metrics.json").read_text())
@@ -105,7 +106,7 @@ def test_every_recorded_accuracy_is_its_tasks_own_head_on_the_checkpoint(split_r
 @slow
 @pytest.mark.parametrize("method", METHODS)
 def test_checkpoint_contents(split_run, method):
-    cfg, out, _ = split_run
+    cfg, out, _, _ = split_run
     m = json.loads((out / method / "metrics.json").read_text())
     stream = build_stream(cfg)
     for i in range(T):
@@ -221,7 +222,7 @@ def test_resume_after_a_finished_task_runs_only_the_remaining_tasks(split_run, t
     import dataclasses
     import shutil
 
-    cfg, out, _ = split_run
+    cfg, out, _, _ = split_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     for method in METHODS:
@@ -231,3 +232,11 @@ def test_resume_after_a_finished_task_runs_only_the_remaining_tasks(split_run, t
         m = json.loads((out / method / "metrics.json").read_text())
         assert resumed[method]["acc_matrix"] == m["acc_matrix"]
         assert resumed[method]["acc"] == m["acc"] and resumed[method]["tasks_done"] == T
+
+
+@slow
+def test_the_run_prints_its_stream_and_table(split_run):
+    cfg, out, results, echoed = split_run
+    assert len(echoed) == 2
+    assert f"{T} tasks -> {out}" in echoed[0] and "split" in echoed[0]
+    assert echoed[1] == format_table(results)

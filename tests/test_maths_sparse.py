@@ -196,9 +196,29 @@ def test_final_prune_when_the_span_ends_early():
     assert len(p.hist["step"]) == n_hist + 1
 
 
+def test_final_prune_when_one_weight_short_of_the_target():
+    """Half a weight is the tolerance: one active weight too many is pruned at the task end."""
+    tr, p = make("granet", sparsity=0.8, start=0.0, end=0.75, update_every=10)
+    p.set_run_length(100)
+    assert p.span_steps == 100
+    N = sum(m.weight.numel() for _, m in tr.model.synapses())
+    keep = round(0.2 * N)
+    fc1 = tr.model.layers["fc1"]
+    for _, m in tr.model.synapses():  # prune by hand to the target plus one weight
+        m.set_mask(torch.ones_like(m.weight, dtype=torch.bool))
+    extra = N - keep - 1
+    flat = fc1.mask.clone().view(-1)
+    flat[:extra] = False
+    fc1.set_mask(flat.view(fc1.weight.shape))
+    assert nnz(tr) == keep + 1
+    p.on_task_end(0, None)
+    assert nnz(tr) == keep
+
+
 def test_final_prune_waits_for_the_last_task_of_an_all_tasks_span():
     tr, p = make("granet", sparsity=0.8, start=0.0, end=0.75, update_every=10, span="all_tasks")
     p.set_run_length(100, n_tasks=3)
+    assert p.span_steps == 300 and (p.k0, p.k1) == (0, 225)  # the schedule spans the whole stream
     N = sum(m.weight.numel() for _, m in tr.model.synapses())
     for x, y in batches(3):
         tr.train_step(x, y, None)
@@ -402,7 +422,9 @@ def test_records_have_one_entry_per_update():
                                                        rec["layer_sparsity"].items()}
 
 
-def test_dormant_aware_regrowth_into_silent_conv_channels():
+@pytest.mark.parametrize("tau", [0.025, 0.0])
+def test_dormant_aware_regrowth_into_silent_conv_channels(tau):
+    """A channel that never fires is dormant, at tau = 0 too (score 0 <= tau)."""
     from neuroplastic.network import cnn
 
     torch.manual_seed(0)
@@ -411,7 +433,7 @@ def test_dormant_aware_regrowth_into_silent_conv_channels():
         net.layers["conv1"].weight[0] = -1.0
         net.layers["conv1"].bias[0] = -5.0
     plugins = build_plugins("rigl", {"rigl": {"sparsity": 0.7, "unit": "step", "update_every": 2,
-                                              "dormant_aware": True, "dormant_share": 1.0}})
+                                              "dormant_aware": True, "dormant_share": 1.0, "dormant_tau": tau}})
     tr = Trainer(net, make_encoder("rate", 3), TrainSettings(time_steps=3, batch_size=4), plugins, quiet=True)
     p = plugins.plugins[0]
     p.set_run_length(4)
