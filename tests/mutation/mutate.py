@@ -14,9 +14,14 @@ runs the module's mapped test files with
 file byte for byte (in a ``finally``, also on Ctrl-C). A mutant is *killed* when pytest
 fails (or times out), *survived* when every test passes.
 
+The tests run in a child forked from a warm worker process that imported torch, numba...
+once (``--no-fork``: a fresh ``python -m pytest`` each time). Tests that already fail on
+the unmutated code are deselected (and listed in the report).
+
 By default the script never touches the working tree it lives in: it copies the
-repository (without ``.git``) into a private directory (``--workdir``, or a fresh
-temporary one), links the ``package_dir`` mappings of setup.cfg (``neuroplastic.kernels``
+repository (the working tree without ``.git``, or with ``--rev`` a commit via
+``git archive``) into a private directory (``--workdir``, reused and emptied first, or a
+fresh temporary one), links the ``package_dir`` mappings of setup.cfg (``neuroplastic.kernels``
 -> ``kernels/``...) inside the copied package, and runs pytest there with
 ``PYTHONPATH`` set to the copy (it checks that the copy is what gets imported).
 ``--in-place`` mutates ``--root`` itself: only ever do that in a private clone.
@@ -26,7 +31,8 @@ Examples::
     python tests/mutation/mutate.py                       # every module, 30 mutants each
     python tests/mutation/mutate.py --modules neuroplastic/metrics.py --max-mutants 0  # all
     python tests/mutation/mutate.py --modules neuroplastic/sparse.py --list
-    python tests/mutation/mutate.py --json mutation.json --workdir /tmp/np_mut
+    python tests/mutation/mutate.py --rev HEAD --workdir /tmp/np_mut --json mutation.json
+    python tests/mutation/mutate.py --only 'neuroplastic.plugins.gpm:1*'
 """
 
 from __future__ import annotations
