@@ -141,8 +141,8 @@ class FiringRateMonitor:
 def postsynaptic_neurons(model) -> dict[str, str]:
     """``{synapse name: neuron layer name}``: the spiking layer each synapse drives (the
     first spiking neuron after it, before the next synapse), for an
-    :class:`~neuroplastic.network.SNN`. Synapses that drive no spiking layer (the readout)
-    are absent."""
+    :class:`~neuroplastic.network.SNN`. A recurrent layer's own synapse ``"<layer>.rec"``
+    drives that layer. Synapses that drive no spiking layer (the readout) are absent."""
     from .neurons import Neuron
     from .synapses import is_synapse
 
@@ -155,6 +155,8 @@ def postsynaptic_neurons(model) -> dict[str, str]:
             if layer.spiking:
                 out[pending] = name
             pending = None
+        if isinstance(layer, Neuron) and layer.spiking and is_synapse(getattr(layer, "rec", None)):
+            out[f"{name}.rec"] = name
     return out
 
 

@@ -156,3 +156,10 @@ def test_dormant_plugin_logs_curves_and_perturbs():
         options_for("dormant", {"every": 0})
     with pytest.raises(UserError, match=r"dormant\.perturb_target"):
         options_for("dormant", {"perturb_target": "zero"})
+
+
+def test_postsynaptic_neurons_of_a_recurrent_layer():
+    # the recurrent synapse "<layer>.rec" drives its own layer (dormant-aware regrowth
+    # must see its rows' dormant neurons too)
+    net = mlp([6, 5, 4, 3], recurrent=True)
+    assert postsynaptic_neurons(net) == {"fc1": "lif1", "lif1.rec": "lif1", "fc2": "lif2", "lif2.rec": "lif2"}

@@ -382,3 +382,21 @@ def test_conv_network_with_dormant_aware_regrowth():
     assert p.n_regrown > 0
     for _, m in net.synapses():
         assert bool((m.weight[~m.mask] == 0).all())
+
+
+def test_dormant_aware_regrowth_reaches_recurrent_synapses():
+    torch.manual_seed(0)
+    net = mlp([20, 8, 4], recurrent=True)
+    plugins = build_plugins("rigl", {"rigl": {"sparsity": 0.8, "dormant_aware": True, "dormant_share": 1.0}})
+    tr = Trainer(net, make_encoder("rate", 3), TrainSettings(lr=0.05, time_steps=3, batch_size=8), plugins,
+                 seed=0, quiet=True)
+    p = plugins.plugins[0]
+    assert p.post["lif1.rec"] == "lif1"
+    p.rates.sums = {"lif1": torch.tensor([0.0, 0.0, 1, 2, 1, 3, 2, 1])}  # neurons 0, 1 silent
+    p.rates.counts = {"lif1": 10}
+    p.dense_grad.grads = {n: torch.ones(m.weight.shape) for n, m in tr.model.synapses()}
+    rec = tr.model.layers["lif1"].rec
+    before = rec.mask.clone()
+    p._regenerate(0.5)
+    grown = rec.mask & ~before
+    assert int(grown.sum()) > 0 and not bool(grown[2:].any())  # every new recurrent synapse feeds a silent neuron
