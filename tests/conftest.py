@@ -9,6 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+try:  # the mutation check (tests/mutation/mutate.py) selects this profile: a failing
+    # property is enough there, shrinking it to a minimal example only costs time
+    from hypothesis import Phase, settings
+
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+
 
 @pytest.fixture
 def one_thread():

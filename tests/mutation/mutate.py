@@ -516,7 +516,8 @@ def mutate_module(root: Path, module: str, tests: list[str], args, env, log) -> 
     # work in progress, missing data) are deselected and listed in the report
     extra = list(args.pytest_args)
     if importlib.util.find_spec("hypothesis") is not None:
-        extra.insert(0, "--hypothesis-seed=0")  # the same examples for every mutant
+        # the same examples for every mutant, no shrinking (tests/conftest.py's profile)
+        extra[:0] = ["--hypothesis-seed=0", "--hypothesis-profile=mutation"]
     status, base_s, out = run_tests(root, tests, env, args.baseline_timeout, extra, first_failure=False)
     failing = sorted(set(re.findall(r"^FAILED (\S+?)(?: - .*)?$", out, re.M)))
     if status == "failed" and failing:
@@ -618,6 +619,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     try:
         for module in args.modules:
+            stem = module.replace("/", ".").removesuffix(".py")
+            if args.only and not any(fnmatch.fnmatch(stem, pat.split(":")[0]) for pat in args.only):
+                continue  # no chosen mutant here: skip its baseline too
             if not (work / module).is_file():
                 log(f"{module}: no such file; skipped")
                 continue
