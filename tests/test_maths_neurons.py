@@ -479,3 +479,21 @@ def test_learnable_tau_gradient_in_closed_form(integration):
     da = a * DT / tau**2 if integration == "exact" else DT / tau**2
     expected = np.sum(Surrogate().grad(torch.tensor(v - TH)).numpy() * (-R * I * t * a ** (t - 1)) * da)
     assert float(n.tau_mem.grad) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_lif_step_detaches_the_reset_by_default(reset):
+    # the functional step's default is the modules' default (detach_reset=True): the
+    # spike in the reset term is a constant for autograd, so d v_t / d x flows through
+    # v_pre only (g for subtract, g (1 - z) for zero), not through the surrogate
+    sg = Surrogate("atan")
+
+    def grad(**kw):
+        x = torch.tensor([1.5, 0.3], requires_grad=True)
+        _, st, _ = F.lif_step(x, F.LIFState(torch.zeros(2)), 0.5, 1.0, 0.0, 1.0, 0.0, sg, reset, **kw)
+        st.v.sum().backward()
+        return x.grad
+
+    assert torch.equal(grad(), grad(detach_reset=True))
+    assert not torch.equal(grad(), grad(detach_reset=False))
+    assert LIF(2).detach_reset is True
