@@ -141,11 +141,19 @@ def _widest(model: SNN, sample_shape: tuple[int, ...]) -> int:
 
 
 def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
-                quiet: bool = False, where: str = "input") -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+                quiet: bool = False, where: str = "input", *,
+                fused: bool | None = None) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
     """Yield ``(first sample, {layer: {observable: [b, T, n]}})`` per batch of ``x [T, B, ...]``.
 
-    Each batch runs in chunks of samples whose largest activation stays under
-    :data:`CHUNK_BYTES` (same results: samples are independent)."""
+    A network that is a plain chain of ``Linear`` + LIF/IF/CubaLIF layers (LI/CubaLI readout)
+    runs in the fused one-kernel simulator (:mod:`neuroplastic.simulate_fused`); any other
+    runs layer by layer, each batch in chunks of samples whose largest activation stays
+    under :data:`CHUNK_BYTES` (same results: samples are independent). ``fused``: ``None``
+    (default) fuses when the network qualifies and the environment variable
+    ``NEUROPLASTIC_FUSED`` is not ``0``; ``False`` always runs layer by layer; ``True``
+    fuses or raises :class:`~neuroplastic.errors.UserError` saying why it cannot."""
+    from . import simulate_fused
+
     record = tuple(record)
     bad = set(record) - set(RECORDABLE)
     if bad or not record:
@@ -154,6 +162,17 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
         raise UserError(f"batch must be >= 1, got {batch}")
     T, B = _check_input(x, model, where)
     model.eval()
+    chain = None
+    if fused or (fused is None and simulate_fused.enabled()):
+        why = simulate_fused.why_not(model)
+        if why is None and len(x.shape) != 3:
+            why = f"input of shape {tuple(x.shape)} is not [T, B, N]"
+        if why is not None and fused:
+            raise UserError(f"the fused simulator cannot run this network: {why}")
+        chain = simulate_fused.prepare(model, "v" in record) if why is None else None
+    if chain is not None:
+        yield from _run_fused(chain, model, x, T, B, batch, record, quiet, where)
+        return
     chunk = max(1, CHUNK_BYTES // (4 * T * _widest(model, tuple(x.shape[2:]))))
     names = list(model.layers)
     key = "spikes" if getattr(model.layers[names[-1]], "spiking", True) else "v"
@@ -184,6 +203,47 @@ def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
         bar.close()
 
 
+def _run_fused(chain, model: SNN, x, T: int, B: int, batch: int, record: tuple[str, ...], quiet: bool,
+               where: str) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+    """:func:`run_batches` through :class:`~neuroplastic.simulate_fused.FusedChain`: each batch
+    in one kernel call (float32 arrays are read in place; other inputs are converted in chunks
+    of at most :data:`CHUNK_BYTES`), the same rows, the same errors."""
+    chunk = max(1, CHUNK_BYTES // (4 * T * chain.widest))  # the layer-by-layer chunks (error messages)
+    # a C-ordered, writeable float32 array is read in place; anything else is copied to float32
+    # in chunks of at most CHUNK_BYTES (as the layer-by-layer path does)
+    in_place = type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable
+    key = "spikes" if chain.spiking[-1] else "v"
+    bar = tqdm(total=B, desc="simulate", unit="sample", disable=True if quiet else None, leave=False)
+    try:
+        for start in range(0, B, batch):
+            stop = min(start + batch, B)
+            n = stop - start
+            spk, vrec = chain.buffers(n, T)
+            step = n if in_place else chunk
+            for c in range(start, stop, step):
+                e = min(c + step, stop)
+                if in_place:
+                    flags = chain.run(x, c, e - c, spk, vrec, c - start, n)
+                else:
+                    flags = chain.run(np.array(x[:, c:e], dtype=np.float32), 0, e - c, spk, vrec, c - start, n)
+                if flags.any():
+                    first = c + int(np.argmax(flags))
+                    c0 = start + (first - start) // chunk * chunk
+                    last = min(c0 + chunk, stop) - 1
+                    raise UserError(f"{where}: input has NaN or infinite values (samples {c0}..{last})")
+            rows: dict[str, dict[str, np.ndarray]] = {}
+            views = chain.views(spk, vrec, n, T)
+            for name, obs in zip(chain.names, views):
+                got = {k: obs[k] for k in ("v", "spikes") if k in record and k in obs}
+                if got:
+                    rows[name] = got
+            rows["output"] = {key: views[-1][key].copy()}
+            yield start, rows
+            bar.update(n)
+    finally:
+        bar.close()
+
+
 def _put(rows: dict, name: str, key: str, t: torch.Tensor, lo: int, hi: int, n: int) -> None:
     """Copy one chunk's ``[T, b, ...]`` observable into ``rows[name][key][lo:hi]`` (``[n, T, m]``,
     samples first; spikes as bool: one byte each)."""
@@ -197,9 +257,10 @@ def _put(rows: dict, name: str, key: str, t: torch.Tensor, lo: int, hi: int, n: 
 
 def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterable[str] = ("spikes",),
              dt: float | None = None, quiet: bool = False, attrs: dict | None = None,
-             where: str = "input") -> dict[str, float]:
+             where: str = "input", fused: bool | None = None) -> dict[str, float]:
     """Run ``model`` on ``x [T, B, ...]`` (numpy, memmap or h5py dataset) batch by batch and
-    write the layout of the module doc to ``out`` atomically. Returns firing rates per layer."""
+    write the layout of the module doc to ``out`` atomically. Returns firing rates per layer.
+    ``fused``: as in :func:`run_batches`."""
     from .io import atomic_path
 
     T, B = _check_input(x, model, where)
@@ -213,7 +274,7 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
         nodes = f.create_group("nodes")
-        for start, rows in run_batches(model, x, batch, record, quiet, where):
+        for start, rows in run_batches(model, x, batch, record, quiet, where, fused=fused):
             for layer, obs in rows.items():
                 for key, a in obs.items():
                     g = nodes.require_group(layer)
