@@ -519,3 +519,61 @@ def test_hebbian_update_with_fewer_rows_than_free_neurons():
         mr = 0.8 * mr + 0.2 * dH
         Hr[1:] += 0.3 * mr
     torch.testing.assert_close(H, Hr, rtol=1e-12, atol=1e-12)
+
+
+def test_input_mode_with_one_input_and_one_sample_uses_every_step():
+    """``linear_mode = "input"`` sums ``G_t^T (x_t H^T H)`` over steps; an input that is
+    the same at every step (stride 0) may use ``x_0``, a ``[T, 1, 1]`` one (stride 1)
+    that changes over time may not."""
+    tr, plugins, h = _hlop([1, 3], {"layers": ["fc1"], "linear_mode": "input", **PAPER}, T=6, encoder="rate")
+    H = torch.tensor([[0.8]])
+    _set_old(h, {"fc1": H})
+    fc1 = tr.model.layers["fc1"]
+    torch.manual_seed(3)
+    F.cross_entropy(tr.forward_logits(torch.tensor([[0.5]]), None), torch.tensor([1])).backward()
+    x = fc1.last_input
+    assert x.shape == (6, 1, 1) and x.stride(0) == 1 and len(set(x.flatten().tolist())) == 2
+    g = fc1.weight.grad.clone()
+    plugins.after_backward()
+    torch.testing.assert_close(fc1.weight.grad, g - (g @ H.T) @ H, rtol=1e-5, atol=1e-7)
+
+
+def test_orthonormalize_a_single_row_and_rank_deficient_rows():
+    r = torch.tensor([[3.0, 4.0, 0.0]])
+    torch.testing.assert_close(orthonormalize(r).abs(), torch.tensor([[0.6, 0.8, 0.0]]))
+    assert orthonormalize(torch.zeros(1, 3)).shape == (0, 3)
+    dup = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
+    Q = orthonormalize(dup)
+    assert Q.shape == (2, 3)
+    torch.testing.assert_close(Q @ Q.T, torch.eye(2), atol=1e-6, rtol=0)
+
+
+def test_energy_fraction_of_a_rank_deficient_non_orthonormal_h():
+    """Rows that are not independent (the Cholesky of ``H H^T`` fails) fall back to an
+    orthonormal basis of their span: the energy is still that of the projector."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 4, generator=gen)
+    H = torch.tensor([[1.0, 2.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0]])
+    Q = orthonormalize(H)
+    want = float((((X @ Q.T) ** 2).sum(1) / (X * X).sum(1)).mean())
+    assert energy_fraction(X, H, orthonormal=False) == pytest.approx(want, rel=1e-6)
+    # and a full-rank non-orthonormal H goes through the Cholesky solve
+    H2 = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.5, 0.0]])
+    Q2 = orthonormalize(H2)
+    want2 = float((((X @ Q2.T) ** 2).sum(1) / (X * X).sum(1)).mean())
+    assert energy_fraction(X, H2, orthonormal=False) == pytest.approx(want2, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_samples,batch", [(10, 4), (3, 8), (8, 4)])
+def test_collect_activity_takes_exactly_the_first_n_samples(n_samples, batch):
+    from neuroplastic.plugins.projection import collect_activity
+
+    tr, _, _ = _hlop([5, 3], {"layers": ["fc1"]}, T=2)
+    gen = torch.Generator().manual_seed(1)
+    ds = ArrayDataset(torch.rand(20, 5, generator=gen), torch.randint(0, 3, (20,), generator=gen), 3)
+    fc1 = tr.model.layers["fc1"]
+    fc1.capture = False
+    out = collect_activity(tr, ds, None, {"fc1": fc1}, n_samples, batch_size=batch)
+    xs = torch.cat([x[0] for x in out["fc1"]])  # direct encoder: the input at step 0
+    torch.testing.assert_close(xs, ds.x[:n_samples])
+    assert fc1.capture is False  # restored
