@@ -25,6 +25,8 @@ through the usual dispatch (:mod:`neuroplastic.kernels.dispatch`).
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -255,6 +257,39 @@ def _put(rows: dict, name: str, key: str, t: torch.Tensor, lo: int, hi: int, n: 
     dst[lo:hi] = a.transpose(0, 1).numpy()
 
 
+class _Writer(threading.Thread):
+    """Writes the batches :func:`simulate` hands it, one at a time, while the next batch is
+    computed (the simulators release the GIL; h5py holds it while it compresses). At most one
+    batch waits; an error is kept and raised by :meth:`check` in the calling thread."""
+
+    def __init__(self, write) -> None:
+        super().__init__(name="simulate-writer", daemon=True)
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is None:  # after an error keep draining, so that put() never blocks forever
+                try:
+                    self._write(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                    self.error = exc
+
+    def put(self, item) -> None:
+        self.check()
+        self._queue.put(item)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Wait until every batch handed over is written (or skipped after an error)."""
+        self._queue.put(None)
+        self.join()
+
+
 def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterable[str] = ("spikes",),
              dt: float | None = None, quiet: bool = False, attrs: dict | None = None,
              where: str = "input", fused: bool | None = None) -> dict[str, float]:
@@ -274,7 +309,8 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
         nodes = f.create_group("nodes")
-        for start, rows in run_batches(model, x, batch, record, quiet, where, fused=fused):
+
+        def write(start: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
             for layer, obs in rows.items():
                 for key, a in obs.items():
                     g = nodes.require_group(layer)
@@ -287,8 +323,18 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
                                           compression="gzip" if key == "spikes" else None,
                                           compression_opts=1 if key == "spikes" else None)
                     og["data"][start:start + a.shape[0]] = a
-                    if key == "spikes":
+
+        writer = _Writer(write)
+        writer.start()
+        try:
+            for start, rows in run_batches(model, x, batch, record, quiet, where, fused=fused):
+                for layer, obs in rows.items():
+                    if "spikes" in obs:
                         acc = totals.setdefault(layer, [0.0, 0.0])
-                        acc[0] += float(a.sum())
-                        acc[1] += a.size
+                        acc[0] += float(np.count_nonzero(obs["spikes"]))
+                        acc[1] += obs["spikes"].size
+                writer.put((start, rows))
+        finally:
+            writer.close()
+        writer.check()
     return {k: s / n if n else math.nan for k, (s, n) in totals.items()}

@@ -14,22 +14,24 @@ def test_bench_simulate_rows(tmp_path, capsys):
             "--repeats", "1", "--peers", "norse,rockpool"]
     assert bench.main(argv) == 0
     rows = json.loads(out.read_text())
-    assert [r["tool"] for r in rows] == [bench.OURS, bench.OURS_H5, "norse", "rockpool"]
+    assert [r["tool"] for r in rows] == [bench.OURS, bench.OURS_H5, bench.OURS_LAYERS, "norse", "rockpool"]
     for r in rows:
         assert {"tool", "samples_per_s", "agreement", "status", "T", "samples", "density", "input_rate",
                 "hidden_rate"} <= set(r)
         assert r["T"] == 20 and r["samples"] == 8 and r["density"] == bench.DENSITY
-    ours, h5 = rows[0], rows[1]
-    for r in (ours, h5):
+    ours, h5, layered = rows[0], rows[1], rows[2]
+    for r in (ours, h5, layered):
         assert r["status"] == "ok" and r["samples_per_s"] > 0 and r["ms_per_batch"] > 0
-        assert r["agreement"] == 1.0  # the h5 file holds exactly what run_batches returned
         assert "speedup_vs_fastest_peer" in r
+    assert h5["agreement"] == 1.0  # the h5 file holds exactly what run_batches returned
+    assert layered["agreement"] > 0.99  # the other path: same spikes but for threshold ties
+    assert ours["fused"] and h5["fused"] and not layered["fused"]
     assert set(ours["routes"]) == {"fc1", "fc2", "fc3"}
-    for r in rows[2:]:
+    for r in rows[3:]:
         if r["status"] == "ok":
             assert r["samples_per_s"] > 0 and 0.9 <= r["agreement"] <= 1.0
         else:  # not installed, or the peer refuses the graph (Rockpool: nir.LIF)
             assert r["samples_per_s"] is None and r["agreement"] is None
     if nir_peers.available("norse"):
-        assert rows[2]["status"] == "ok" and ours["speedup_vs_fastest_peer"] > 0
+        assert rows[3]["status"] == "ok" and ours["speedup_vs_fastest_peer"] > 0
     assert "samples/s" in capsys.readouterr().out

@@ -12,9 +12,12 @@ same Bernoulli input (``T = 100`` steps, 256 samples, rate 0.05, seeded) by
 
 * ``neuroplastic (run_batches)``: :func:`neuroplastic.simulate.load_model` on the file,
   then :func:`neuroplastic.simulate.run_batches` (spikes of every layer, in memory) consumed
-  fully;
+  fully; this network takes its fused one-kernel path (:mod:`neuroplastic.simulate_fused`;
+  ``fused`` in the row says whether it did);
 * ``neuroplastic (simulate, writes h5)``: the same through :func:`neuroplastic.simulate.simulate`,
   which also writes every layer's spikes to an HDF5 file;
+* ``neuroplastic (run_batches, layer by layer)``: ``run_batches(..., fused=False)``, the
+  per-layer torch/numba path (the per-layer times and routes are this path's);
 * every peer of :mod:`neuroplastic.bench.nir_peers` that imports the file with its own NIR
   importer (a peer that is missing or refuses the graph gets a row saying why).
 
@@ -52,6 +55,7 @@ from ..export import agreement, read_nir, to_nir, write_nir
 from ..io import write_json
 from ..network import SNN, mlp
 from ..simulate import load_model, run_batches, simulate
+from ..simulate_fused import why_not
 from ..sparse import init_masks
 from . import nir_peers
 from .timing import interleaved_samples
@@ -69,6 +73,9 @@ SEED = 0
 
 OURS = "neuroplastic (run_batches)"
 OURS_H5 = "neuroplastic (simulate, writes h5)"
+OURS_LAYERS = "neuroplastic (run_batches, layer by layer)"
+#: our rows (the rest are peers)
+OURS_ALL = (OURS, OURS_H5, OURS_LAYERS)
 
 
 # --------------------------------------------------------------------------- network and input
@@ -114,11 +121,12 @@ def build_model(sizes: Sequence[int], x_cal: torch.Tensor, density: float = DENS
 # --------------------------------------------------------------------------- the tools
 
 
-def _ours_pass(model: SNN, x: np.ndarray, batch: int, rates: dict | None = None) -> np.ndarray:
+def _ours_pass(model: SNN, x: np.ndarray, batch: int, rates: dict | None = None,
+               fused: bool | None = None) -> np.ndarray:
     """Our output spikes ``[B, T, n_out]`` (bool) through :func:`run_batches`; with ``rates``,
     also every layer's spike count and size."""
     outs = []
-    for _, rows in run_batches(model, x, batch=batch, record=("spikes",), quiet=True):
+    for _, rows in run_batches(model, x, batch=batch, record=("spikes",), quiet=True, fused=fused):
         outs.append(rows["output"]["spikes"])
         if rates is not None:
             for layer, obs in rows.items():
@@ -142,7 +150,7 @@ def _routes_and_layer_ms(model: SNN, x: torch.Tensor, repeats: int) -> tuple[dic
     current: dict[str, float] = {}
     seen: dict[str, int] = {}
     handles = []
-    for name, layer in model.layers.items():
+    for name, layer in model.layers.items():  # (hooks: run_batches takes the layer-by-layer path)
         def pre(mod, inp, name=name):
             if hasattr(mod, "route") and inp[0].numel() > seen.get(name, 0):  # the largest chunk's route
                 seen[name] = inp[0].numel()
@@ -224,14 +232,18 @@ def run(sizes: Sequence[int] = SIZES, steps: int = T, samples: int = SAMPLES, ba
         common["hidden_rate"] = statistics.fmean(hidden) if hidden else math.nan
         routes, layer_ms = _routes_and_layer_ms(ours_model, x[:, :batch], repeats)
         rows.append({"tool": OURS, **_compare(ref, ref), "layer_rates": rates, "routes": routes,
-                     "layer_ms": layer_ms})
+                     "layer_ms": layer_ms, "fused": why_not(ours_model) is None})
         fns.append(lambda: _ours_pass(ours_model, x_np, batch))
 
         simulate(ours_model, x_np, h5, batch=batch, record=("spikes",), quiet=True)
         with h5py.File(h5, "r") as f:
             written = torch.from_numpy(f["nodes/output/observables/spikes/data"][()]).transpose(0, 1).float()
-        rows.append({"tool": OURS_H5, **_compare(ref, written)})
+        rows.append({"tool": OURS_H5, **_compare(ref, written), "fused": why_not(ours_model) is None})
         fns.append(lambda: simulate(ours_model, x_np, h5, batch=batch, record=("spikes",), quiet=True))
+
+        layered = torch.from_numpy(_ours_pass(ours_model, x_np, batch, fused=False)).transpose(0, 1).float()
+        rows.append({"tool": OURS_LAYERS, **_compare(ref, layered), "fused": False})
+        fns.append(lambda: _ours_pass(ours_model, x_np, batch, fused=False))
 
         graph = read_nir(path)
         for peer in peers:
@@ -268,12 +280,12 @@ def run(sizes: Sequence[int] = SIZES, steps: int = T, samples: int = SAMPLES, ba
         r.update(samples_per_s=samples / (med * 1e-3), ms_per_batch=med / n_batches,
                  ms_per_batch_min=min(ms) / n_batches, cpu_ms_per_batch=statistics.median(c[-len(ms):]) / n_batches,
                  repeats=len(ms))
-    peer_rates = [r["samples_per_s"] for r in timed if r["tool"] not in (OURS, OURS_H5)]
+    peer_rates = [r["samples_per_s"] for r in timed if r["tool"] not in OURS_ALL]
     fastest = max(peer_rates, default=None)
     for r in rows:
         for k, v in common.items():
             r.setdefault(k, v)
-        if r["tool"] in (OURS, OURS_H5):
+        if r["tool"] in OURS_ALL:
             r["speedup_vs_fastest_peer"] = r["samples_per_s"] / fastest if fastest else None
     return rows
 
@@ -299,13 +311,15 @@ def _table(rows: list[dict]) -> str:
                      f"{r['output_rate']:>10.4f}")
     ours = rows[0]
     if ours.get("speedup_vs_fastest_peer") is not None:
-        lines.append(f"speedup (ours / fastest peer): run_batches {ours['speedup_vs_fastest_peer']:.2f}x, "
-                     f"simulate with h5 {rows[1]['speedup_vs_fastest_peer']:.2f}x (target >= 5x)")
+        lines.append(f"speedup (ours / fastest peer): run_batches {ours['speedup_vs_fastest_peer']:.2f}x"
+                     f"{' (fused)' if ours.get('fused') else ''}, "
+                     f"simulate with h5 {rows[1]['speedup_vs_fastest_peer']:.2f}x, layer by layer "
+                     f"{rows[2]['speedup_vs_fastest_peer']:.2f}x (target >= 5x)")
     load = r0.get("load_avg") or [None, None]
     if None not in load:
         lines.append(f"1-min load average {load[0]:.2f} before timing, {load[1]:.2f} after "
                      f"(above {r0['cores']}: other processes took CPU time from these numbers)")
-    lines.append("our routes: " + ", ".join(f"{k}={v}" for k, v in ours["routes"].items())
+    lines.append("layer-by-layer routes: " + ", ".join(f"{k}={v}" for k, v in ours["routes"].items())
                  + "; per-layer ms per pass: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["layer_ms"].items()))
     return "\n".join(lines)
 
