@@ -187,13 +187,17 @@ def run_chain(x, x0, ints, flts, wdense, indptr, indices, data, bias, spk, vrec,
                 nact = 0
                 if l == 0:
                     xr = x[t, x0 + b]
+                    bits = xr.view(np.uint32)
+                    odd = 0
+                    for i in range(n_in0):  # NaN or infinite: exponent all ones (SIMD)
+                        odd += 1 if (bits[i] & np.uint32(0x7F800000)) == np.uint32(0x7F800000) else 0
+                    if odd:
+                        flag = 1
                     for i in range(n_in0):  # the active inputs, branch-free
-                        xi = xr[i]
                         act[nact] = i
-                        val[nact] = xi
-                        nact += 1 if xi != 0 else 0
-                        if not (xi - xi == 0):  # NaN or infinite
-                            flag = 1
+                        nact += 1 if xr[i] != 0 else 0
+                    for q in range(nact):
+                        val[q] = xr[act[q]]
                     cur = val
                     spiking = False
                 else:

@@ -187,12 +187,19 @@ class FusedChain:
 
 def _csr(layer: Linear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Input-major CSR ``(indptr int64 [n_in+1], indices uint32, data float32)`` of the
-    synapses on the mask (ascending outputs within a row; values from the weight)."""
-    from neuroplastic.kernels.formats import csr_from_mask
+    synapses on the mask (ascending outputs within a row). The structure comes from the
+    layer's own :class:`~neuroplastic.kernels.autograd.CSRCache` (rebuilt only when the mask
+    changes: ~20 ms for 800 x 800); the values are read from the weight on every call."""
+    from neuroplastic.kernels import dispatch
 
-    csr = csr_from_mask(layer.mask.detach())
-    data = csr.values_from_dense(layer.weight.detach())
-    return csr.indptr.astype(np.int64), csr.indices.astype(np.uint32), data.astype(np.float32, copy=False)
+    if layer._csr_cache is None:
+        layer._csr_cache = dispatch.CSRCache()
+    csr = layer._csr_cache.structure(layer.mask)
+    # CSR order = row-major order of the mask's transpose (1.2 ms for 800 x 800)
+    data = layer.weight.detach().numpy().T[layer.mask.numpy().T]
+    if data.shape != (csr.nnz,):  # pragma: no cover - the cache and the mask disagree
+        raise RuntimeError("CSR structure does not match the mask")
+    return csr.indptr.astype(np.int64), csr.indices.astype(np.uint32), data
 
 
 def prepare(model, record_v: bool) -> FusedChain | None:
