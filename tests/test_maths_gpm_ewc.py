@@ -453,3 +453,41 @@ def test_documented_defaults():
     g = GPMOptions()
     assert (g.layers, g.threshold, g.threshold_inc, g.n_samples, g.activity, g.max_rows, g.freeze_non_weights,
             g.reset_optimizer, g.seed) == (None, None, 0.003, 300, "spikes", 8192, True, True, 0)
+
+
+def test_gpm_unit_energy_is_not_mistaken_for_no_energy():
+    # total energy exactly 1 (0.64 + 0.36): the stronger direction is kept (cumulative
+    # 0.64 < 0.9), as for any other total
+    R = torch.zeros(2, 4, dtype=torch.float64)
+    R[0, 2], R[1, 0] = 0.8, 0.6
+    U, cap = gpm_update(R, torch.zeros(0, 4, dtype=torch.float64), 0.9)
+    assert U.shape == (1, 4) and float(U[0, 2].abs()) == pytest.approx(1.0) and cap == 0.0
+
+
+def test_gpm_state_roundtrip_keeps_the_task_an_integer():
+    torch.manual_seed(0)
+    model = mlp([6, 5, 3])
+    plugins = build_plugins("gpm", {"gpm": {"n_samples": 8}})
+    _trainer(model, plugins)
+    g = plugins.plugins[0]
+    x, y = _data(8, 6, 21)
+    g.on_task_start(0, None)
+    g.on_task_end(0, _Task(x, y))
+    g.on_task_start(1, None)
+    state = g.state_dict()
+    g.task = None
+    g.load_state_dict(state)
+    assert type(g.task) is int and g.task == 1
+
+
+def test_ewc_fisher_of_a_single_sample():
+    torch.manual_seed(0)
+    model = mlp([6, 5, 3])
+    plugins = build_plugins("ewc", {"ewc": {"fisher_samples": 1, "fisher_batch_size": 4}})
+    tr = _trainer(model, plugins)
+    x, y = _data(6, 6, 22)
+    plugins.on_task_start(0, None)
+    plugins.on_task_end(0, _Task(x, y))
+    expect = _fisher_by_hand(tr, x, y, 1, 1)
+    for n, f in plugins.plugins[0].fisher[0].items():
+        torch.testing.assert_close(f, expect[n], rtol=1e-5, atol=1e-12)

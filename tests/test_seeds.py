@@ -212,9 +212,12 @@ def test_gpm_sample_choice_follows_the_run_seed(encoder):
     sub = bases(20)
     assert same(sub[0], sub[1])
     assert not same(sub[0], sub[2])
+    full = bases(None)
+    assert same(full[0], full[1])
     if encoder == "direct":  # no random encoding: without the subsample the seed cannot matter
-        full = bases(None)
         assert same(full[0], full[2])
+    else:  # the encoding of the collected samples follows the run seed
+        assert not same(full[0], full[2])
 
 
 def test_ewc_sampled_fisher_follows_the_run_seed():
