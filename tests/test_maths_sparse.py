@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from neuroplastic.encoders import make_encoder
+from neuroplastic.errors import UserError
 from neuroplastic.network import mlp
 from neuroplastic.plugins import build_plugins
 from neuroplastic.plugins.granet import cosine_death_rate, cubic_sparsity
@@ -442,3 +443,31 @@ def test_dormant_aware_regrowth_into_silent_conv_channels(tau):
         tr.train_step(torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g), None)
     assert max(p.hist["dormant_neurons"]) >= 1
     assert sum(p.hist["regrown_dormant"]) > 0
+
+
+def test_erk_power_scale_and_density_bounds():
+    # raw_l = (sum of dims / numel)^p: p = 0.5 -> sqrt(0.5), sqrt(0.1), sqrt(0.04)
+    shapes = {"a": (4, 4), "b": (20, 20), "c": (50, 50)}
+    raw = {"a": 0.5 ** 0.5, "b": 0.1 ** 0.5, "c": 0.04 ** 0.5}
+    eps = 0.05 * 2916 / (raw["a"] * 16 + raw["b"] * 400 + raw["c"] * 2500)
+    assert erk_densities(shapes, 0.05, power_scale=0.5) == pytest.approx({n: eps * r for n, r in raw.items()})
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match="density must be in"):
+            erk_densities(shapes, bad)
+
+
+def test_apply_masks_zeroes_the_masked_weights_in_place():
+    from neuroplastic.sparse import apply_masks
+
+    torch.manual_seed(0)
+    net = mlp([6, 5, 3])
+    fc1 = net.layers["fc1"]
+    mask = torch.rand(fc1.weight.shape) < 0.5
+    fc1.set_mask(mask)
+    with torch.no_grad():
+        fc1.weight.fill_(2.0)
+    w, w2 = fc1.weight, net.layers["fc2"].weight.detach().clone()
+    apply_masks(net)
+    assert fc1.weight is w
+    assert torch.equal(fc1.weight, 2.0 * mask.float())
+    assert torch.equal(net.layers["fc2"].weight, w2)  # unmasked: untouched
