@@ -471,3 +471,13 @@ def test_apply_masks_zeroes_the_masked_weights_in_place():
     assert fc1.weight is w
     assert torch.equal(fc1.weight, 2.0 * mask.float())
     assert torch.equal(net.layers["fc2"].weight, w2)  # unmasked: untouched
+
+
+@pytest.mark.parametrize("path", ["layers.lif1", "nope", "layers"])
+def test_load_masks_refuses_a_mask_for_anything_but_a_synapse(path):
+    from neuroplastic.sparse import load_masks
+
+    net = mlp([6, 5, 3])
+    with pytest.raises(UserError, match=f"mask for '{path}', which is not a synapse layer"):
+        load_masks(net, {f"{path}.mask": torch.ones(5, 6, dtype=torch.bool)})
+    assert load_masks(net, {"layers.fc1.mask": torch.ones(5, 6, dtype=torch.bool)}) == 1
