@@ -400,3 +400,14 @@ def test_dormant_aware_regrowth_reaches_recurrent_synapses():
     p._regenerate(0.5)
     grown = rec.mask & ~before
     assert int(grown.sum()) > 0 and not bool(grown[2:].any())  # every new recurrent synapse feeds a silent neuron
+
+
+def test_explicit_layer_densities_from_a_config():
+    # densities are floats in (0, 1] (an int 1 is fine too); anything else is refused
+    tr, p = make("static", sparsity=0.5, distribution="explicit", layer_density=[0.25, 1])
+    fc1, fc2 = tr.model.layers["fc1"], tr.model.layers["fc2"]
+    assert int(fc1.mask.sum()) == round(0.25 * fc1.weight.numel())
+    assert fc2.mask is None or bool(fc2.mask.all())
+    for bad in ([0.0, 1], [1.5, 1], ["0.5", 1], [True, 1]):
+        with pytest.raises(UserError, match="layer_density"):
+            make("static", sparsity=0.5, distribution="explicit", layer_density=bad)
