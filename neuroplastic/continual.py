@@ -55,9 +55,7 @@ def build_model(cfg: RunConfig, stream) -> SNN:
     m = cfg.model
     kw = dict(neuron=m.neuron, readout=m.readout, n_heads=stream.n_heads, bias=m.bias,
               tau_mem=m.tau_mem, dt=m.dt, integration=m.integration, reset=m.reset,
-              surrogate=m.surrogate, v_th=m.v_th)
-    if m.neuron == "if":
-        kw.pop("tau_mem")
+              surrogate=m.surrogate, v_th=m.v_th)  # (IF drops tau_mem itself)
     if m.recurrent and m.arch != "mlp":
         raise UserError(f"model.recurrent = true needs model.arch = mlp, got {m.arch!r}")
     if m.arch == "mlp":

@@ -16,6 +16,7 @@ CASES = {
     "mlp": {"model": {"hidden": [7, 5]}},
     "mlp_recurrent": {"model": {"hidden": [6, 4], "recurrent": True}},
     "mlp_multihead": {"model": {"hidden": [5]}, "data": {"stream": "split", "tasks": 3, "classes_per_task": 2}},
+    "mlp_if_spiking_readout": {"model": {"hidden": [5], "neuron": "if", "readout": "spikes"}},
     "cnn": {"model": {"arch": "cnn", "channels": [3, 4]}},
     "cnn_one_layer": {"model": {"arch": "cnn", "channels": [2]}, "data": {"stream": "split", "tasks": 2}},
 }
