@@ -24,11 +24,11 @@ by the CSR row push and each dense layer by the spike gather (``layer.backend =
 "event"``, inputs sparse enough for the row push: the CSR forward switches to its column
 push above ~15 % active inputs, which sums in another order). Under ``backend="auto"``
 the layer-by-layer path picks, per layer and per chunk size, the CSR push, the spike gather
-or torch's matmul; those sum the same terms in other orders (the matmul's order is
-MKL's), so a membrane that lands within float rounding of the threshold can spike in one
-and not the other: they agree on all but a few entries per million (the measurement is in
-docs/benchmarks.md, issue 9), as the layer-by-layer path already does with itself across
-batch sizes.
+or torch's matmul; the matmul sums the same terms in MKL's order, so a membrane within float
+rounding of the threshold could spike in one path and not in the other. On the benchmark
+network of docs/benchmarks.md (issue 9) every spike of every layer and the hidden membranes
+are equal; the readout membrane (its layer goes to the matmul) differs in the last bits
+(at most 9.5e-7), none of it within that distance of the threshold.
 """
 
 from __future__ import annotations

@@ -299,14 +299,14 @@ def _table(rows: list[dict]) -> str:
             f"density {r0['density']:.2f}, T={r0['T']}, {r0['samples']} samples in batches of {r0['batch']}, "
             f"input rate {r0['input_rate']:.3f}, hidden rate {r0['hidden_rate']:.3f}, "
             f"{r0['threads']} threads / {r0['cores']} cores")
-    cols = (f"{'tool':<36}{'samples/s':>11}{'ms/batch':>11}{'cpu ms/batch':>14}{'agreement':>11}{'jaccard':>9}"
+    cols = (f"{'tool':<44}{'samples/s':>11}{'ms/batch':>11}{'cpu ms/batch':>14}{'agreement':>11}{'jaccard':>9}"
             f"{'out rate':>10}")
     lines = [head, cols, "-" * len(cols)]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"{r['tool']:<36}  {r['status'][:110]}")
+            lines.append(f"{r['tool']:<44}  {r['status'][:110]}")
             continue
-        lines.append(f"{r['tool']:<36}{r['samples_per_s']:>11.1f}{r['ms_per_batch']:>11.1f}"
+        lines.append(f"{r['tool']:<44}{r['samples_per_s']:>11.1f}{r['ms_per_batch']:>11.1f}"
                      f"{r['cpu_ms_per_batch']:>14.1f}{r['agreement']:>11.6f}{r['spike_jaccard']:>9.4f}"
                      f"{r['output_rate']:>10.4f}")
     ours = rows[0]
