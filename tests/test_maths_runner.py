@@ -240,3 +240,24 @@ def test_the_run_prints_its_stream_and_table(split_run):
     assert len(echoed) == 2
     assert f"{T} tasks -> {out}" in echoed[0] and "split" in echoed[0]
     assert echoed[1] == format_table(results)
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_fails_before_any_checkpoint(tmp_path, monkeypatch, existed):
+    """A failure before the first checkpoint removes the directory the run created, and
+    never one that was there before (an empty directory the user gave)."""
+    from neuroplastic.trainers.base import Trainer
+
+    def boom(self, *a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, "train_step", boom)
+    out = tmp_path / "run"
+    if existed:
+        out.mkdir()
+    cfg = config_from_dict({"methods": ["finetune"], "out": str(out), "quiet": True,
+                            "data": {"tasks": 2, "max_per_task": 16}, "model": {"hidden": [4]},
+                            "train": {"time_steps": 1, "batch_size": 8}})
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg, echo=lambda *_: None)
+    assert out.is_dir() is existed
