@@ -76,12 +76,15 @@ MODULE_TESTS: dict[str, list[str]] = {
     "neuroplastic/plugins/hlop.py": ["tests/test_maths_hlop.py", "tests/test_hlop_rate.py", "tests/test_hlop.py",
                                      "tests/test_maths_plugins_boundaries.py", "tests/test_seeds.py",
                                      "tests/test_bad_input.py"],
+    # (tests/test_distributed.py last: its two-rank runs reach the branches only several
+    # ranks take; ~45 s)
     "neuroplastic/plugins/projection.py": ["tests/test_maths_hlop.py", "tests/test_maths_gpm_ewc.py",
-                                           "tests/test_hlop.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py"],
+                                           "tests/test_hlop.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py",
+                                           "tests/test_distributed.py"],
     "neuroplastic/plugins/ewc.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py",
-                                    "tests/test_bad_input.py"],
+                                    "tests/test_bad_input.py", "tests/test_distributed.py"],
     "neuroplastic/plugins/gpm.py": ["tests/test_maths_gpm_ewc.py", "tests/test_gpm_ewc.py", "tests/test_seeds.py",
-                                    "tests/test_bad_input.py"],
+                                    "tests/test_bad_input.py", "tests/test_distributed.py"],
     "neuroplastic/sparse.py": ["tests/test_maths_sparse.py", "tests/test_sparse.py", "tests/test_granet.py",
                                "tests/test_seeds.py"],
     "neuroplastic/plugins/granet.py": ["tests/test_maths_sparse.py", "tests/test_granet.py",
