@@ -542,6 +542,7 @@ def test_orthonormalize_a_single_row_and_rank_deficient_rows():
     r = torch.tensor([[3.0, 4.0, 0.0]])
     torch.testing.assert_close(orthonormalize(r).abs(), torch.tensor([[0.6, 0.8, 0.0]]))
     assert orthonormalize(torch.zeros(1, 3)).shape == (0, 3)
+    assert orthonormalize(torch.zeros(0, 3)).shape == (0, 3)  # no rows: nothing to decompose
     dup = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
     Q = orthonormalize(dup)
     assert Q.shape == (2, 3)
@@ -549,14 +550,17 @@ def test_orthonormalize_a_single_row_and_rank_deficient_rows():
 
 
 def test_energy_fraction_of_a_rank_deficient_non_orthonormal_h():
-    """Rows that are not independent (the Cholesky of ``H H^T`` fails) fall back to an
-    orthonormal basis of their span: the energy is still that of the projector."""
+    """Rows that are not independent: ``H H^T`` is singular, the jittered Cholesky solve
+    still gives the energy of the projector onto their span; all-zero rows (no factor at
+    all) fall back to an orthonormal basis of their span, which is empty: no energy."""
     gen = torch.Generator().manual_seed(0)
     X = torch.rand(12, 4, generator=gen)
     H = torch.tensor([[1.0, 2.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0]])
     Q = orthonormalize(H)
     want = float((((X @ Q.T) ** 2).sum(1) / (X * X).sum(1)).mean())
     assert energy_fraction(X, H, orthonormal=False) == pytest.approx(want, rel=1e-6)
+    # rows that are all zero: H H^T = 0 has no Cholesky factor (no jitter either): no energy
+    assert energy_fraction(X, torch.zeros(2, 4), orthonormal=False) == 0.0
     # and a full-rank non-orthonormal H goes through the Cholesky solve
     H2 = torch.tensor([[1.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.5, 0.0]])
     Q2 = orthonormalize(H2)
