@@ -464,7 +464,7 @@ def test_gpm_unit_energy_is_not_mistaken_for_no_energy():
     assert U.shape == (1, 4) and float(U[0, 2].abs()) == pytest.approx(1.0) and cap == 0.0
 
 
-def test_gpm_state_roundtrip_keeps_the_task_an_integer():
+def test_gpm_state_roundtrip_keeps_task_and_sizes_integers():
     torch.manual_seed(0)
     model = mlp([6, 5, 3])
     plugins = build_plugins("gpm", {"gpm": {"n_samples": 8}})
@@ -476,8 +476,10 @@ def test_gpm_state_roundtrip_keeps_the_task_an_integer():
     g.on_task_start(1, None)
     state = g.state_dict()
     g.task = None
+    g.sizes = {}
     g.load_state_dict(state)
     assert type(g.task) is int and g.task == 1
+    assert g.sizes and all(type(k) is int for v in g.sizes.values() for k in v)  # counts, not floats
 
 
 def test_ewc_fisher_of_a_single_sample():
