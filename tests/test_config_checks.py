@@ -68,3 +68,12 @@ def test_empty_values():
     assert config_from_dict({"data": {"max_per_task": None}}).data.max_per_task is None
     with pytest.raises(UserError, match="train.lr must not be empty"):
         config_from_dict({"train": {"lr": None}})
+
+
+def test_build_model_refuses_a_recurrent_cnn_set_after_validation():
+    cfg = config_from_dict({"model": {"hidden": [4], "recurrent": True}})
+    stream = make_stream("digits", "permuted", 1)
+    assert "rec" in dict(build_model(cfg, stream).layers["lif1"].named_children())  # a recurrent MLP builds
+    cfg.model.arch = "cnn"  # past the config's own check
+    with pytest.raises(UserError, match="model.recurrent = true needs model.arch = mlp"):
+        build_model(cfg, stream)
