@@ -261,3 +261,16 @@ def test_a_run_that_fails_before_any_checkpoint(tmp_path, monkeypatch, existed):
     with pytest.raises(RuntimeError, match="boom"):
         run(cfg, echo=lambda *_: None)
     assert out.is_dir() is existed
+
+
+@slow
+def test_summary_of_a_several_method_run(split_run):
+    """summary.json: per method the summary metrics of its metrics.json."""
+    _, out, results, _ = split_run
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) == set(METHODS)
+    for method in METHODS:
+        m = json.loads((out / method / "metrics.json").read_text())
+        for k in ("acc", "bwt", "fwt"):
+            assert s[method][k] == m[k] == results[method][k]
+        assert s[method]["status"] == m["status"] == "complete" and s[method]["tasks_done"] == T
