@@ -306,3 +306,24 @@ def test_sigterm_stops_at_a_safe_point_with_a_message(tmp_path, reference_run, o
     assert "SIGTERM" in err and f"--resume {out}" in err and "Traceback" not in err
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     _same_run(reference_run, out)
+
+
+def test_a_stopped_several_method_run_writes_its_summary(tmp_path, monkeypatch, one_thread):
+    """SIGTERM during the second method: summary.json lists the finished first method and
+    the interrupted second one (and resuming later rewrites it)."""
+    out = tmp_path / "r"
+    cfg = tiny(out, methods=("finetune", "ewc"), epochs=1)
+    orig = Trainer.train_step
+
+    def train_step(self, *a, **k):  # step 6 of the EWC run, in task 1 (each method counts its own steps)
+        loss = orig(self, *a, **k)
+        if self.global_step == 6 and "ewc" in [p.name for p in self.plugins.plugins]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    with pytest.raises(Interrupted):
+        run(cfg, echo=lambda *_: None)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["finetune"]["status"] == "complete" and s["finetune"]["tasks_done"] == 2
+    assert s["ewc"]["status"] == "interrupted"
