@@ -310,7 +310,7 @@ def test_sigterm_stops_at_a_safe_point_with_a_message(tmp_path, reference_run, o
 
 def test_a_stopped_several_method_run_writes_its_summary(tmp_path, monkeypatch, one_thread):
     """SIGTERM during the second method: summary.json lists the finished first method and
-    the interrupted second one (and resuming later rewrites it)."""
+    the interrupted second one."""
     out = tmp_path / "r"
     cfg = tiny(out, methods=("finetune", "ewc"), epochs=1)
     orig = Trainer.train_step
