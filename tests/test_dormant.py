@@ -163,3 +163,17 @@ def test_postsynaptic_neurons_of_a_recurrent_layer():
     # must see its rows' dormant neurons too)
     net = mlp([6, 5, 4, 3], recurrent=True)
     assert postsynaptic_neurons(net) == {"fc1": "lif1", "lif1.rec": "lif1", "fc2": "lif2", "lif2.rec": "lif2"}
+
+
+def test_perturb_reseeds_no_generator_it_does_not_restore(monkeypatch):
+    # a CPU model: the CPU generator is forked and restored, no GPU generator is touched
+    # (torch.manual_seed would reseed every GPU's generator, which fork_rng does not restore)
+    torch.manual_seed(5)
+    net = mlp([6, 5, 3])
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls.append(s))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: calls.append(s))
+    before = torch.random.get_rng_state()
+    assert perturb(net, 0.5, None, seed=3) > 0
+    assert calls == []
+    assert torch.equal(torch.random.get_rng_state(), before)

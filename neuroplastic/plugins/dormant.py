@@ -91,13 +91,20 @@ def perturb(
     """``theta <- a * theta + (1 - a) * theta_init`` on every trainable synapse parameter.
 
     ``target`` maps ``"<layer>.weight"`` / ``"<layer>.bias"`` to the initial values; without
-    it each layer is re-initialised afresh (its ``reset_parameters``, seeded by ``seed``).
+    it each layer is re-initialised afresh (its ``reset_parameters``, seeded by ``seed``, on
+    the generators of the devices the model lives on; every generator is left as it was).
     Masked weights stay zero; the optimizer state of the changed parameters is cleared.
     Returns the number of parameters changed.
     """
     n = 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    gpus = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=gpus):
+        # not torch.manual_seed: it would also reseed every other GPU's generator, which
+        # fork_rng does not restore
+        torch.default_generator.manual_seed(seed)
+        for d in gpus:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
         for name, layer in sparse_layers(model):
             if target is None:
                 fresh = copy.deepcopy(layer)
