@@ -497,3 +497,13 @@ def test_lif_step_detaches_the_reset_by_default(reset):
     assert torch.equal(grad(), grad(detach_reset=True))
     assert not torch.equal(grad(), grad(detach_reset=False))
     assert LIF(2).detach_reset is True
+
+
+def test_every_functional_step_detaches_the_reset_by_default():
+    import inspect
+
+    fns = [f for _, f in inspect.getmembers(F, inspect.isfunction) if "detach_reset" in inspect.signature(f).parameters]
+    assert len(fns) >= 3  # lif_step, the autograd multi-step, alif_step, ...
+    for f in fns:
+        default = inspect.signature(f).parameters["detach_reset"].default
+        assert default is True or default is inspect.Parameter.empty, f.__name__
