@@ -581,3 +581,40 @@ def test_collect_activity_takes_exactly_the_first_n_samples(n_samples, batch):
     xs = torch.cat([x[0] for x in out["fc1"]])  # direct encoder: the input at step 0
     torch.testing.assert_close(xs, ds.x[:n_samples])
     assert fc1.capture is False  # restored
+
+
+def test_max_rows_subsample_with_the_input_forms_cached_projection():
+    """Task 1, ``linear_mode = "input"`` with few old rows: the projection caches ``Y = X H_old^T``
+    and ``Y H_old`` for the Hebbian step, which must subsample them with the same rows as
+    ``X``: the subspace after one step equals the weight form's (no cache) within rounding."""
+    H = {}
+    for mode in ("input", "weight"):
+        tr, plugins, h = _hlop([12, 8, 3], {"layers": ["fc1"], "init_size": [2], "inc_size": [2], "max_rows": 5,
+                                            "linear_mode": mode, **PAPER})
+        _set_old(h, {"fc1": torch.eye(12)[:2] * 0.9})
+        x = torch.rand(16, 12, generator=torch.Generator().manual_seed(19))
+        tr.train_step(x, torch.zeros(16, dtype=torch.long), None)
+        if mode == "input":
+            assert h.modes["fc1"] == "input"
+        H[mode] = h.H["fc1"].clone()
+    assert H["input"].shape == (4, 12)
+    torch.testing.assert_close(H["input"], H["weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_energy_samples_records_nan_not_zero():
+    tr, plugins, h = _hlop([12, 8, 3], {"layers": ["fc1"], "energy_samples": 0})
+    gen = torch.Generator().manual_seed(20)
+    ds = ArrayDataset(torch.rand(16, 12, generator=gen), torch.randint(0, 3, (16,), generator=gen), 3)
+
+    class _T:
+        train, head = ds, None
+
+    for t in range(2):
+        plugins.on_task_start(t, _T)
+        tr.train_task([(ds, None)], t)
+        plugins.on_task_end(t, _T)
+    # not measured: NaN (null in metrics.json), one entry per task, never a made-up 0
+    for rec in (h.old_energy, h.captured_energy):
+        assert all(len(v) == 2 and all(math.isnan(e) for e in v) for v in rec.values())
+    m = h.metrics()["hlop"]
+    assert m["captured_energy"]["fc1"] == [None, None] and m["old_subspace_energy"]["fc1"] == [None, None]

@@ -314,9 +314,10 @@ class HLOP(Plugin):
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
                 m = self.n_old[n]
                 self.old_energy[n].append(energy_fraction(X, self.H[n][:m], orthonormal=False) if m else 0.0)
-        else:
+        else:  # task 0 or not measured (energy_samples = 0, no task): NaN; no old rows: exactly 0
+            measured = task is not None and o.energy_samples > 0 and task_id > 0
             for n in self.layers:
-                self.old_energy[n].append(float("nan") if task_id == 0 else 0.0)
+                self.old_energy[n].append(0.0 if measured else float("nan"))
         gen = torch.Generator().manual_seed(self.base_seed() * 100003 + task_id)
         for n in self.layers:
             H = self.H[n]
@@ -370,6 +371,9 @@ class HLOP(Plugin):
             for n, layer in self.layers.items():
                 X = torch.cat([activity_matrix(layer, a, o.activity, o.rate_tau) for a in acts[n]])
                 self.captured_energy[n].append(energy_fraction(X, self.H[n], orthonormal=False))
+        else:  # not measured: one entry per task all the same
+            for n in self.layers:
+                self.captured_energy[n].append(float("nan"))
         # merge: the rows of this task join the frozen old subspace
         for n in self.layers:
             if o.orthonormalize:
