@@ -583,21 +583,34 @@ def test_collect_activity_takes_exactly_the_first_n_samples(n_samples, batch):
     assert fc1.capture is False  # restored
 
 
-def test_max_rows_subsample_with_the_input_forms_cached_projection():
-    """Task 1, ``linear_mode = "input"`` with few old rows: the projection caches ``Y = X H_old^T``
-    and ``Y H_old`` for the Hebbian step, which must subsample them with the same rows as
-    ``X``: the subspace after one step equals the weight form's (no cache) within rounding."""
+def test_max_rows_subsample_with_the_input_forms_cached_projection(monkeypatch):
+    """Task 1, ``linear_mode = "input"`` with few activity rows against many outputs (D = 4,
+    C = 100, 3 old rows, 8 samples, 3 drawn: the row form, which reuses the cache): the
+    projection caches ``Y = X H_old^T`` and ``Y H_old`` for the Hebbian step, which must
+    subsample them with the same rows as ``X``: the subspace after one step equals the
+    weight form's (no cache) within rounding."""
+    import neuroplastic.plugins.hlop as hlop_module
+
+    seen = []
+
+    def spy(*a, old=None, **k):
+        seen.append(old is not None)
+        return update(*a, old=old, **k)
+
+    update = hlop_module.hebbian_update
+    monkeypatch.setattr(hlop_module, "hebbian_update", spy)
     H = {}
+    old_rows = torch.tensor([[1.0, 0.2, 0, 0], [0, 0.9, 0.1, 0], [0, 0, 1.1, 0.3]])
     for mode in ("input", "weight"):
-        tr, plugins, h = _hlop([12, 8, 3], {"layers": ["fc1"], "init_size": [2], "inc_size": [2], "max_rows": 5,
-                                            "linear_mode": mode, **PAPER})
-        _set_old(h, {"fc1": torch.eye(12)[:2] * 0.9})
-        x = torch.rand(16, 12, generator=torch.Generator().manual_seed(19))
-        tr.train_step(x, torch.zeros(16, dtype=torch.long), None)
-        if mode == "input":
-            assert h.modes["fc1"] == "input"
+        tr, plugins, h = _hlop([4, 100, 3], {"layers": ["fc1"], "init_size": [3], "inc_size": [1], "max_rows": 3,
+                                             "linear_mode": mode, **PAPER})
+        _set_old(h, {"fc1": old_rows})
+        x = torch.rand(8, 4, generator=torch.Generator().manual_seed(19))
+        seen.clear()
+        tr.train_step(x, torch.zeros(8, dtype=torch.long), None)
+        assert seen == [mode == "input"]  # the input form handed its cached products over
         H[mode] = h.H["fc1"].clone()
-    assert H["input"].shape == (4, 12)
+    assert H["input"].shape == (4, 4)
     torch.testing.assert_close(H["input"], H["weight"], rtol=1e-5, atol=1e-6)
 
 
