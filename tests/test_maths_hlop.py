@@ -631,3 +631,33 @@ def test_no_energy_samples_records_nan_not_zero():
         assert all(len(v) == 2 and all(math.isnan(e) for e in v) for v in rec.values())
     m = h.metrics()["hlop"]
     assert m["captured_energy"]["fc1"] == [None, None] and m["old_subspace_energy"]["fc1"] == [None, None]
+
+
+def test_spiking_lateral_neurons_quantise_the_projection_from_task_one_on():
+    """With spiking lateral neurons the per-step projection is the input form with a
+    quantised ``y = q(X H_old^T)``: ``dW <- dW - sum_t G_t^T q(x_t H_old^T) H_old`` already in
+    task 1 (coarse steps so the quantisation shows)."""
+    from neuroplastic.plugins.projection import quantize
+
+    tr, plugins, h = _hlop([6, 5, 3], {"layers": ["fc1"], "spiking": True, "spiking_scale": 2.0,
+                                       "spiking_steps": 3, **PAPER}, encoder="rate")
+    H_old = torch.tensor([[0.7, 0.1, 0.0, 0.3, 0.0, 0.2], [0.0, 0.5, 0.4, 0.0, 0.3, 0.0]])
+    _set_old(h, {"fc1": H_old})
+    fc1 = tr.model.layers["fc1"]
+    gouts = []
+
+    def catch(module, inputs, out):  # (returns None: the output stays as it is)
+        out.register_hook(lambda grad: gouts.append(grad.detach()))
+
+    handle = fc1.register_forward_hook(catch)
+    gen = torch.Generator().manual_seed(21)
+    x, y = torch.rand(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    torch.manual_seed(4)
+    F.cross_entropy(tr.forward_logits(x, None), y).backward()
+    handle.remove()
+    g, X, G = fc1.weight.grad.clone(), fc1.last_input, gouts[0]
+    plugins.after_backward()
+    Xr, Gr = X.reshape(-1, 6), G.reshape(-1, 5)
+    expected = g - Gr.T @ (quantize(Xr @ H_old.T, 2.0, 3.0) @ H_old)
+    torch.testing.assert_close(fc1.weight.grad, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fc1.weight.grad, project_weight_grad(g, H_old), atol=1e-4)  # not the plain form
