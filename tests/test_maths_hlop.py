@@ -661,3 +661,11 @@ def test_spiking_lateral_neurons_quantise_the_projection_from_task_one_on():
     expected = g - Gr.T @ (quantize(Xr @ H_old.T, 2.0, 3.0) @ H_old)
     torch.testing.assert_close(fc1.weight.grad, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(fc1.weight.grad, project_weight_grad(g, H_old), atol=1e-4)  # not the plain form
+
+
+def test_subspace_size_floats_above_one_are_counts():
+    # a float in (0, 1] is a fraction of D (rounded half up), above 1 a count (truncated)
+    assert subspace_sizes([1.0], [10], [0.5]) == [10]
+    assert subspace_sizes([0.25], [10], [0.5]) == [3]
+    assert subspace_sizes([1.5], [10], [0.5]) == [1]
+    assert subspace_sizes([2.0, 30], [10, 20], [0.5]) == [2, 20]
