@@ -493,3 +493,19 @@ def test_ewc_fisher_of_a_single_sample():
     expect = _fisher_by_hand(tr, x, y, 1, 1)
     for n, f in plugins.plugins[0].fisher[0].items():
         torch.testing.assert_close(f, expect[n], rtol=1e-5, atol=1e-12)
+
+
+def test_ewc_state_roundtrip_keeps_the_task_an_integer():
+    torch.manual_seed(0)
+    model = mlp([6, 5, 3])
+    plugins = build_plugins("ewc", {"ewc": {"fisher_samples": 4}})
+    _trainer(model, plugins)
+    e = plugins.plugins[0]
+    x, y = _data(8, 6, 23)
+    e.on_task_start(0, None)
+    e.on_task_end(0, _Task(x, y))
+    e.on_task_start(1, None)
+    state = e.state_dict()
+    e.task = None
+    e.load_state_dict(state)
+    assert type(e.task) is int and e.task == 1
