@@ -481,3 +481,13 @@ def test_load_masks_refuses_a_mask_for_anything_but_a_synapse(path):
     with pytest.raises(UserError, match=f"mask for '{path}', which is not a synapse layer"):
         load_masks(net, {f"{path}.mask": torch.ones(5, 6, dtype=torch.bool)})
     assert load_masks(net, {"layers.fc1.mask": torch.ones(5, 6, dtype=torch.bool)}) == 1
+
+
+def test_sparse_layers_exclude():
+    from neuroplastic.sparse import sparse_layers
+
+    net = mlp([6, 5, 4, 3])
+    assert [n for n, _ in sparse_layers(net)] == ["fc1", "fc2", "fc3"]
+    assert [n for n, _ in sparse_layers(net, exclude=["fc3"])] == ["fc1", "fc2"]
+    with pytest.raises(UserError, match=r"unknown synapse layer\(s\) \['fc9'\]"):
+        sparse_layers(net, exclude=["fc3", "fc9"])
