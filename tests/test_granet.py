@@ -190,7 +190,7 @@ def test_dormant_aware_regrowth_goes_to_dormant_rows():
     p.rates.sums = {"lif1": torch.ones(8)}
     assert p._regenerate(0.5)[1:] == (0, 0)
     # dormant_init: new synapses into dormant neurons start positive
-    p.opts.dormant_init = 1.0
+    p.opts.dormant_init = 0.5
     p.rates.sums = {"lif1": torch.tensor([0.0, 0.0, 1, 2, 1, 3, 2, 1])}
     before = fc1.mask.clone()
     scale = float(fc1.weight.detach()[before].abs().mean())
@@ -198,7 +198,7 @@ def test_dormant_aware_regrowth_goes_to_dormant_rows():
     fresh = fc1.mask & ~before
     fresh[2:] = False
     assert int(fresh.sum()) == n_dorm > 0
-    assert torch.allclose(fc1.weight[fresh], torch.full((n_dorm,), scale))
+    assert torch.allclose(fc1.weight[fresh], torch.full((n_dorm,), 0.5 * scale))  # dormant_init x mean |w|
 
 
 @pytest.mark.parametrize("method", ["rigl", "set", "static"])
@@ -411,3 +411,24 @@ def test_explicit_layer_densities_from_a_config():
     for bad in ([0.0, 1], [1.5, 1], ["0.5", 1], [True, 1]):
         with pytest.raises(UserError, match="layer_density"):
             make("static", sparsity=0.5, distribution="explicit", layer_density=bad)
+
+
+def test_option_checks_at_their_boundaries():
+    # init_density at the target's density is fine, although the masks' whole synapse
+    # counts make the start a little sparser than the target's ERK densities; sparser is refused
+    make("granet", sparsity=0.7, init_density=0.3)
+    make("granet", sparsity=0.5, init_density=0.5)
+    with pytest.raises(UserError, match="already sparser"):
+        make("granet", sparsity=0.5, init_density=0.4)
+    for bad in ("fc1", ["fc1", 3]):  # a list of layer names
+        with pytest.raises(UserError, match="exclude"):
+            make("granet", sparsity=0.5, exclude=bad)
+
+
+def test_history_counts_are_integers():
+    tr, p = make("rigl", sparsity=0.8, hidden=8, update_every=1, unit="step")
+    p.on_task_start(0, None)
+    for x, y in batches(3):
+        tr.train_step(x, y, None)
+    counts = [v for k in ("regrown", "regrown_dormant", "dormant_neurons") for v in p.hist[k]]
+    assert counts and all(type(v) is int for v in counts)

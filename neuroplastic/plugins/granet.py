@@ -293,7 +293,9 @@ class SparseTraining(Plugin):
             init_masks(model, 1.0 - o.sparsity, o.distribution, explicit, self.generator, o.exclude)
         self._init_density = {n: self._density(m) for n, m in self.layers}
         self.s_i = 1.0 - sum(self._init_density[n] * m.weight.numel() for n, m in self.layers) / total
-        if o.prune and self.s_i > self.s_f + 1e-12:
+        # (the masks' synapse counts are whole numbers: the start may be sparser than the
+        # target's densities by up to one synapse per layer without being "sparser")
+        if o.prune and self.s_i > self.s_f + len(self.layers) / total:
             raise UserError(
                 f"{self.name}: init_density {o.init_density} is already sparser than the target sparsity {o.sparsity}"
             )
