@@ -118,6 +118,11 @@ def test_fraction_and_epoch_units_and_death_rate():
     tr2, p2 = make(sparsity=0.8, start=1, end=2, unit="epoch")
     p2.set_run_length(60)  # settings.epochs = 1 -> 60 steps per epoch
     assert (p2.k0, p2.k1) == (60, 120)
+    tr2.settings.epochs = 3
+    p2.set_run_length(60)  # 60 steps of task 0 over 3 epochs -> 20 steps per epoch
+    assert (p2.k0, p2.k1) == (20, 40)
+    # dormant regrowth starts new synapses at 0 unless asked (docs/sparsity.md)
+    assert p2.opts.dormant_init == 0.0
     assert cosine_death_rate(0, 100, 0.5, 0.005) == pytest.approx(0.5)
     assert cosine_death_rate(50, 100, 0.5, 0.005) == pytest.approx(0.2525)
     assert cosine_death_rate(100, 100, 0.5, 0.005) == pytest.approx(0.005)
