@@ -327,3 +327,17 @@ def test_a_stopped_several_method_run_writes_its_summary(tmp_path, monkeypatch, 
     s = json.loads((out / "summary.json").read_text())
     assert s["finetune"]["status"] == "complete" and s["finetune"]["tasks_done"] == 2
     assert s["ewc"]["status"] == "interrupted"
+
+
+def test_a_resumed_run_keeps_its_first_start_time(tmp_path, monkeypatch, one_thread):
+    out = tmp_path / "r"
+    cfg = tiny(out, methods=("finetune",), epochs=1)
+    with monkeypatch.context() as m:
+        _stop_at(m, 6)  # inside task 1 (4 steps a task)
+        with pytest.raises(Interrupted):
+            run(cfg, echo=lambda *_: None)
+    first = json.loads((out / "metrics.json").read_text())["provenance"]["started"]
+    time.sleep(1.1)  # (the times have one-second resolution)
+    run(cfg, resume=True, echo=lambda *_: None)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "complete" and m["provenance"]["started"] == first
