@@ -66,12 +66,11 @@ LIF, CUBALIF, LI, CUBALI = 0, 1, 2, 3
 
 #: integer columns: synapse kind, inputs, outputs, offset of the layer's weights (``wdense`` or
 #: ``data``), offset of its ``indptr`` rows, offset of its bias, has bias, neuron kind, subtract
-#: reset, offset of its block in ``spk`` (-1: none), in ``vrec`` (-1: not recorded), of its
-#: state in the per-sample state vectors
+#: reset, offset of its block in ``spk`` (-1: none), in ``vrec`` (-1: not recorded)
 I_COLS = ("syn", "n_in", "n_out", "w_off", "ptr_off", "b_off", "has_bias", "neuron", "subtract",
-          "spk_off", "v_off", "state_off")
-(I_SYN, I_NIN, I_NOUT, I_WOFF, I_POFF, I_BOFF, I_HASBIAS, I_NEURON, I_SUBTRACT, I_SPKOFF, I_VOFF,
- I_STATEOFF) = range(len(I_COLS))
+          "spk_off", "v_off")
+(I_SYN, I_NIN, I_NOUT, I_WOFF, I_POFF, I_BOFF, I_HASBIAS, I_NEURON, I_SUBTRACT, I_SPKOFF,
+ I_VOFF) = range(len(I_COLS))
 #: float32 columns: decay ``a``, input gain ``g``, LIF drive offset ``c = (1-a) v_leak`` (exactly 0
 #: for ``v_leak = 0``), threshold, reset value, rest ``v_leak`` (initial membrane), synaptic decay
 #: ``a_s`` and gain ``g_s``, LI offset ``(1-a) v_leak``

@@ -214,7 +214,7 @@ def prepare(model, record_v: bool) -> FusedChain | None:
     ints = np.full((len(pairs), len(K.I_COLS)), -1, np.int64)
     flts = np.zeros((len(pairs), len(K.F_COLS)), np.float32)
     dense, ptrs, idxs, datas, biases = [], [], [], [], []
-    w_off = d_off = p_off = b_off = spk_off = v_off = s_off = 0
+    w_off = d_off = p_off = b_off = spk_off = v_off = 0
     names, sizes, spiking = [], [], []
     with torch.no_grad():
         for p, ((_, syn), (nname, neu)) in enumerate(pairs):
@@ -250,8 +250,6 @@ def prepare(model, record_v: bool) -> FusedChain | None:
             readout = kind in _READOUT
             r[K.I_NEURON] = {LIF: K.LIF, IF: K.LIF, CubaLIF: K.CUBALIF, LI: K.LI, CubaLI: K.CUBALI}[kind]
             r[K.I_SUBTRACT] = int(neu.reset_mode == "subtract")
-            r[K.I_STATEOFF] = s_off
-            s_off += n_out
             if not readout:  # spike block offsets are per sample (scaled by the sample count)
                 r[K.I_SPKOFF] = spk_off
                 spk_off += n_out
