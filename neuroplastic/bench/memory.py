@@ -76,6 +76,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
+from .timing import load_avg
 
 __all__ = ["SavedTensorMeter", "RSSSampler", "current_rss", "measure_row", "run", "checks", "main"]
 
@@ -426,20 +427,12 @@ def run(trainers: Sequence[str] = TRAINERS, steps: Sequence[int] = STEPS, batch:
     bar = tqdm(jobs, desc="bench memory", disable=True if quiet else None, leave=False)
     for tr, T in bar:
         bar.set_postfix_str(f"{tr} T={T}", refresh=True)
-        load0 = _load()
+        load0 = load_avg()
         row = run_child(tr, T, batch, hidden, repeats, seed, budget_s, split)
-        row["load_avg"] = [load0, _load()]
+        row["load_avg"] = [load0, load_avg()]
         rows.append(row)
     bar.close()
     return rows
-
-
-def _load() -> float | None:
-    """The 1-minute load average (None where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
 
 
 def _row(rows: list[dict], trainer: str, T: int) -> dict | None:

@@ -26,7 +26,9 @@ Jaccard index of the spikes) is computed first; then every tool runs the whole i
 batches, the tools interleaved (:func:`neuroplastic.bench.timing.interleaved_samples`), and
 ``samples_per_s`` is the sample count over the median wall time of a pass (``cpu_ms_per_batch``:
 the median process CPU time, all threads, which other processes on a shared machine do not
-inflate; ``load_avg``: the 1-minute load average before and after the timing).
+inflate; ``load_avg``: the 1-minute load average before and after the timing; ``steal``: the
+share of the machine's CPU time the hypervisor gave to other guests during the timing, which
+no load average inside the machine shows; ``cpu``: the processor's model name).
 ``speedup_vs_fastest_peer`` (our rows) divides our samples/s by the fastest peer's.
 
     neuroplastic bench simulate [--json FILE] [--quick]
@@ -58,7 +60,7 @@ from ..simulate import load_model, run_batches, simulate
 from ..simulate_fused import why_not
 from ..sparse import init_masks
 from . import nir_peers
-from .timing import interleaved_samples
+from .timing import cpu_model, cpu_ticks, interleaved_samples, load_avg, steal_fraction
 
 SIZES = (784, 800, 800, 10)
 T, SAMPLES, BATCH = 100, 256, 256
@@ -188,14 +190,6 @@ def _cpu_timed(fn: Callable[[], object], out: list[float]) -> Callable[[], objec
     return timed
 
 
-def _load() -> float | None:
-    """The 1-minute load average (None where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
 def _compare(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
     both = float(((ours > 0) & (theirs > 0)).sum())
     either = float(((ours > 0) | (theirs > 0)).sum())
@@ -217,7 +211,7 @@ def run(sizes: Sequence[int] = SIZES, steps: int = T, samples: int = SAMPLES, ba
     model = build_model(sizes, x[:, :CAL_SAMPLES], density, seed)
     common = {"T": steps, "samples": samples, "batch": batch, "sizes": sizes, "density": density,
               "input_rate": float(x.mean()), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
-              "torch": torch.__version__, "machine": platform.machine()}
+              "torch": torch.__version__, "machine": platform.machine(), "cpu": cpu_model()}
     rows: list[dict] = []
     fns: list[Callable[[], object]] = []
     with tempfile.TemporaryDirectory(prefix="np-bench-sim-") as tmp:
@@ -271,9 +265,10 @@ def run(sizes: Sequence[int] = SIZES, steps: int = T, samples: int = SAMPLES, ba
         for r in timed:
             r["status"] = "ok"
         cpu: list[list[float]] = [[] for _ in fns]
-        load0 = _load()
+        load0, ticks0 = load_avg(), cpu_ticks()
         samples_ms = interleaved_samples([_cpu_timed(fn, c) for fn, c in zip(fns, cpu)], repeats, warmup)
-        common["load_avg"] = [load0, _load()]
+        common["load_avg"] = [load0, load_avg()]
+        common["steal"] = steal_fraction(ticks0, cpu_ticks())
     n_batches = math.ceil(samples / batch)
     for r, ms, c in zip(timed, samples_ms, cpu):
         med = statistics.median(ms)
@@ -319,6 +314,9 @@ def _table(rows: list[dict]) -> str:
     if None not in load:
         lines.append(f"1-min load average {load[0]:.2f} before timing, {load[1]:.2f} after "
                      f"(above {r0['cores']}: other processes took CPU time from these numbers)")
+    if r0.get("steal") is not None:
+        lines.append(f"steal {100 * r0['steal']:.1f} % of the machine's CPU time during timing (the hypervisor ran "
+                     f"other guests); cpu: {r0.get('cpu')}")
     lines.append("layer-by-layer routes: " + ", ".join(f"{k}={v}" for k, v in ours["routes"].items())
                  + "; per-layer ms per pass: " + ", ".join(f"{k} {v:.1f}" for k, v in ours["layer_ms"].items()))
     return "\n".join(lines)
