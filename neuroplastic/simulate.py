@@ -373,12 +373,20 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
             f.attrs[k] = v
         nodes = f.create_group("nodes")
 
+        last = list(model.layers)[-1]
+
         def write(start: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
             for layer, obs in rows.items():
                 for key, a in obs.items():
                     g = nodes.require_group(layer)
                     g.attrs["__type__"] = "NIRNodeData"
                     og = g.require_group("observables").require_group(key)
+                    if layer == "output" and key in rows.get(last, {}):
+                        # the last layer's own observable, written just above: a hard link to it
+                        if "data" not in og:
+                            og.attrs["__type__"], og.attrs["dt"] = "TimeGriddedData", float(dt)
+                            og["data"] = nodes[f"{last}/observables/{key}/data"]
+                        continue
                     if "data" not in og:
                         og.attrs["__type__"], og.attrs["dt"] = "TimeGriddedData", float(dt)
                         og.create_dataset("data", shape=(B, T, a.shape[2]), dtype=a.dtype,

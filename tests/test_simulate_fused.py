@@ -176,8 +176,8 @@ def test_simulate_writes_the_same_file(tmp_path):
     with h5py.File(files[True], "r") as a, h5py.File(files[False], "r") as b:
         keys = []
         a.visititems(lambda k, o: keys.append(k) if isinstance(o, h5py.Dataset) else None)
-        assert len(keys) == 7
-        for k in keys:
+        assert len(keys) == 6  # 7 names: output/spikes is a hard link to readout/spikes (visited once)
+        for k in keys + ["nodes/readout/observables/spikes/data"]:
             np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=k)
     data = nir.read_data(str(files[True]))
     assert data.nodes["lif1"].observables["spikes"].data.shape == (B, T, 64)
@@ -200,6 +200,28 @@ def test_spikes_written_as_deflated_chunks_read_back(tmp_path, batch):
         assert d.compression == "gzip" and d.dtype == bool
         for (layer, key), a in ref.items():
             np.testing.assert_array_equal(f[f"nodes/{layer}/observables/{key}/data"][()], a)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("readout,record,linked", [("spikes", ("spikes",), True), ("li", ("spikes",), False),
+                                                   ("li", ("spikes", "v"), True)])
+def test_output_is_the_last_layers_data_written_once(tmp_path, fused, readout, record, linked):
+    """``/nodes/output`` holds the network's output; when the last layer's own observable is
+    written too, ``output`` is a hard link to it (one dataset, two names), else its own copy."""
+    net = _event(_model(11, readout=readout))
+    x = _input(11)
+    ref = _rows(net, x, fused, record=record)
+    out = tmp_path / "o.h5"
+    S.simulate(net, x, out, batch=4, record=record, quiet=True, fused=fused)
+    key = "spikes" if readout == "spikes" else "v"
+    with h5py.File(out, "r") as f:
+        d = f[f"nodes/output/observables/{key}/data"]
+        np.testing.assert_array_equal(d[()], ref[("output", key)])
+        layer = f"nodes/readout/observables/{key}/data"
+        assert (layer in f) == linked
+        if linked:
+            assert f[layer].id == d.id
+            np.testing.assert_array_equal(f[layer][()], ref[("readout", key)])
 
 
 def test_chunk_writer_splits_rows_at_chunk_edges(tmp_path):
