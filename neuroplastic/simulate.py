@@ -151,18 +151,44 @@ def _check_input(x, model: SNN, where: str) -> tuple[int, int]:
 CHUNK_BYTES = 16 * 2**20
 
 
-def _widest(model: SNN, sample_shape: tuple[int, ...]) -> int:
-    """The largest number of values one sample produces at one step in any layer."""
-    widest = [int(np.prod(sample_shape))]
-    hooks = [m.register_forward_hook(lambda _m, _i, out: widest.append(int(out[0, 0].numel())))
-             for m in model.layers.values()]
+def _widths(model: SNN, sample_shape: tuple[int, ...]) -> dict[str, int]:
+    """How many values one sample produces at one step in each layer (by name)."""
+    widths: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: widths.__setitem__(name, int(out[0, 0].numel())))
+             for name, m in model.layers.items()]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 1, *sample_shape))
     finally:
         for h in hooks:
             h.remove()
-    return max(widest)
+    return widths
+
+
+def _widest(model: SNN, sample_shape: tuple[int, ...]) -> int:
+    """The largest number of values one sample produces at one step in any layer."""
+    return max([int(np.prod(sample_shape)), *_widths(model, sample_shape).values()])
+
+
+def _chunk_rows(B: int, T: int, n: int) -> int:
+    """Samples per HDF5 chunk of an observable ``[B, T, n]``: about 1 MB of bool spikes."""
+    return min(B, max(1, 2**20 // max(1, T * n)))
+
+
+def _piece(model: SNN, sample_shape: tuple[int, ...], T: int, B: int, batch: int, record: tuple[str, ...]) -> int:
+    """Samples per pass in :func:`simulate`: at most ``batch``, and few enough that one pass's
+    records (every neuron layer's spikes and, when recorded, membranes) stay under
+    :data:`CHUNK_BYTES`: buffers that size are reused by the allocator instead of being
+    faulted in afresh, and the background writer deflates one pass while the next runs (so
+    even a single batch overlaps computing and writing). A multiple of the widest layer's
+    HDF5 chunk rows when that fits, so its chunks are written whole."""
+    if batch < 1:
+        return batch  # run_batches says what is wrong
+    widths = [n for name, n in _widths(model, sample_shape).items() if isinstance(model.layers[name], Neuron)]
+    per_sample = T * sum(widths) * (1 + (4 if "v" in record else 0))
+    piece = max(1, min(batch, B, CHUNK_BYTES // max(1, per_sample)))
+    rows = _chunk_rows(B, T, max(widths, default=1))
+    return piece // rows * rows if piece >= rows else piece
 
 
 def run_batches(model: SNN, x, batch: int, record: Iterable[str] = ("spikes",),
@@ -362,6 +388,7 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
     from .io import atomic_path
 
     T, B = _check_input(x, model, where)
+    record = tuple(record)
     if dt is None:
         dt = next((m.dt for m in model.modules() if isinstance(m, Neuron)), 1e-3)
     totals: dict[str, list[float]] = {}
@@ -390,7 +417,7 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
                     if "data" not in og:
                         og.attrs["__type__"], og.attrs["dt"] = "TimeGriddedData", float(dt)
                         og.create_dataset("data", shape=(B, T, a.shape[2]), dtype=a.dtype,
-                                          chunks=(min(B, max(1, 2**20 // max(1, T * a.shape[2]))), T, a.shape[2]),
+                                          chunks=(_chunk_rows(B, T, a.shape[2]), T, a.shape[2]),
                                           compression="gzip" if key == "spikes" else None,
                                           compression_opts=1 if key == "spikes" else None)
                     if key == "spikes":
@@ -402,7 +429,8 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
         writer = _Writer(write)
         writer.start()
         try:
-            for start, rows in run_batches(model, x, batch, record, quiet, where, fused=fused):
+            piece = _piece(model, tuple(x.shape[2:]), T, B, batch, record)
+            for start, rows in run_batches(model, x, piece, record, quiet, where, fused=fused):
                 for layer, obs in rows.items():
                     if "spikes" in obs:
                         acc = totals.setdefault(layer, [0.0, 0.0])

@@ -224,6 +224,35 @@ def test_output_is_the_last_layers_data_written_once(tmp_path, fused, readout, r
             np.testing.assert_array_equal(f[layer][()], ref[("readout", key)])
 
 
+def test_simulate_passes_fit_the_buffer_budget(tmp_path, monkeypatch):
+    """``simulate`` runs pieces of a batch whose records fit :data:`CHUNK_BYTES` (whole HDF5
+    chunks of the widest layer where they fit); the file does not depend on the pieces."""
+    net = _event(_model(16))
+    x = _input(16, B_=40)
+    widths = 64 + 48 + 10  # the neuron layers
+    assert S._piece(net, (40,), T, 40, 256, ("spikes",)) == 40  # all fits: the batch
+    monkeypatch.setattr(S, "CHUNK_BYTES", 9 * T * widths)
+    assert S._piece(net, (40,), T, 40, 256, ("spikes",)) == 9
+    assert S._piece(net, (40,), T, 40, 5, ("spikes",)) == 5
+    assert S._piece(net, (40,), T, 40, 256, ("spikes", "v")) == 1  # 5 bytes a value: 9 // 5
+    monkeypatch.setattr(S, "CHUNK_BYTES", 3 * 2**20)
+    rows = S._chunk_rows(2000, T, 64)  # 682 samples of lif1 in 1 MB
+    assert S._piece(net, (40,), T, 2000, 1500, ("spikes",)) == rows  # 1074 fit, rounded down to whole chunks
+    assert S._piece(net, (40,), T, 40, 39, ("spikes",)) == 39  # less than one chunk: as it is
+    seen = []
+    real = S.run_batches
+    monkeypatch.setattr(S, "run_batches", lambda m, x_, b, *a, **k: seen.append(b) or real(m, x_, b, *a, **k))
+    monkeypatch.setattr(S, "CHUNK_BYTES", 6 * T * widths)
+    S.simulate(net, x, tmp_path / "a.h5", batch=40, quiet=True)
+    monkeypatch.setattr(S, "CHUNK_BYTES", 2**30)
+    S.simulate(net, x, tmp_path / "b.h5", batch=40, quiet=True)
+    assert seen == [6, 40]
+    with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
+        for layer in ("lif1", "lif2", "readout", "output"):
+            k = f"nodes/{layer}/observables/spikes/data"
+            np.testing.assert_array_equal(a[k][()], b[k][()])
+
+
 def test_chunk_writer_splits_rows_at_chunk_edges(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
