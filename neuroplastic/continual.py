@@ -195,7 +195,11 @@ class _MethodRun:
                 self.restore(previous)
         if state is not None:  # the run's first start, not this one
             self.started = ((self.mdir.read_metrics() or {}).get("provenance") or {}).get("started") or self.started
-        metrics = self.mdir.read_metrics() or {} if first >= T else {}
+        metrics = {}
+        if first >= T:  # every task done: the results are on disk, unless the run was killed
+            metrics = self.mdir.read_metrics() or {}  # after the last checkpoint, before they were
+            if metrics.get("status") != "complete" or metrics.get("tasks_done") != T:
+                metrics = self.results_from_checkpoint(T - 1)
         for i in range(first, T):
             task = stream.tasks[i]
             plugins.on_task_start(i, task)
@@ -214,19 +218,34 @@ class _MethodRun:
 
     def task_done(self, i: int) -> dict[str, Any]:
         """Record task ``i``: probe, metrics, checkpoint, ``run.h5``, ``metrics.json``."""
-        stream, plugins, R, T = self.stream, self.trainer.plugins, self.R, len(self.stream.tasks)
         sparsity = model_sparsity(self.trainer.model)
         dormant = self.probe.after_task(i, sparsity)
-        wall = time.perf_counter() - self.t0
-        names = [t.name for t in stream.tasks]
-        metrics = {
+        metrics = self.metrics(i, sparsity, dormant, time.perf_counter() - self.t0)
+        self.save(i, None)
+        self.write_results(metrics)
+        return metrics
+
+    def results_from_checkpoint(self, i: int) -> dict[str, Any]:
+        """``metrics.json`` and ``run.h5`` of task ``i`` from its checkpoint, restored (a run
+        killed after writing ``ckpt_task<i>.pt``, before the results that go with it): what
+        :meth:`task_done` wrote, the probe's recordings taken from the checkpoint, not run again."""
+        dormant = {k: v[-1] for k, v in self.probe.tree["dormant"].items()}
+        metrics = self.metrics(i, model_sparsity(self.trainer.model), dormant, time.perf_counter() - self.t0)
+        self.mdir.discard_in_task()  # a resume.pt the killed run had not removed yet
+        self.write_results(metrics)
+        return metrics
+
+    def metrics(self, i: int, sparsity: dict[str, float], dormant: dict[str, float], wall: float) -> dict[str, Any]:
+        """The contents of ``metrics.json`` after task ``i``."""
+        stream, plugins, R, T = self.stream, self.trainer.plugins, self.R, len(self.stream.tasks)
+        return {
             "method": self.method,
             "status": "complete" if i == T - 1 else "running",
             "acc_matrix": R,
             **summarize([row[: i + 1] for row in R], self.baseline[: i + 1]),
             "baseline": self.baseline,
             "tasks_done": i + 1,
-            "tasks": names,
+            "tasks": [t.name for t in stream.tasks],
             "wall_s": wall,
             "sparsity": sparsity["overall"],
             "sparsity_per_layer": sparsity,
@@ -235,14 +254,16 @@ class _MethodRun:
             "seed": self.cfg.seed,
             "provenance": provenance(self.cfg.seed, self.started, provenance_now() if i == T - 1 else None),
         }
-        self.save(i, None)
-        tree = {"acc_matrix": R, "baseline": self.baseline, "losses": self.losses, **self.probe.tree,
+
+    def write_results(self, metrics: dict[str, Any]) -> None:
+        """``run.h5`` and ``metrics.json`` (the records so far, with ``metrics``)."""
+        plugins = self.trainer.plugins
+        tree = {"acc_matrix": self.R, "baseline": self.baseline, "losses": self.losses, **self.probe.tree,
                 "plugins": plugins.records()}
-        attrs = {"method": self.method, "tasks": names, "acc": metrics["acc"], "bwt": metrics["bwt"],
-                 "fwt": metrics["fwt"], "wall_s": wall, "seed": self.cfg.seed, "status": metrics["status"],
-                 "provenance": metrics["provenance"]}
+        attrs = {"method": self.method, "tasks": metrics["tasks"], "acc": metrics["acc"], "bwt": metrics["bwt"],
+                 "fwt": metrics["fwt"], "wall_s": metrics["wall_s"], "seed": self.cfg.seed,
+                 "status": metrics["status"], "provenance": metrics["provenance"]}
         self.mdir.write_results(metrics, tree, attrs)
-        return metrics
 
 
 def run_method(cfg: RunConfig, method: str, stream, mdir: MethodDir | Path,
@@ -265,12 +286,23 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     def f(v):
         return "   n/a" if v is None else f"{v:6.2f}"
 
+    def g(v, width: int, digits: int):  # sparsity and time: absent before a method's first task ends
+        return f"{'n/a':>{width}}" if v is None else f"{v:{width}.{digits}f}"
+
     lines = [f"{'method':<22} {'ACC':>6} {'BWT':>6} {'FWT':>6} {'sparsity':>8} {'time s':>7}"]
     for name, m in results.items():
         if m.get("status") not in (None, "complete"):
             name = f"{name} ({m['status']}, {m.get('tasks_done', 0)}/{len(m.get('tasks', []))})"
-        lines.append(f"{name:<22} {f(m['acc'])} {f(m['bwt'])} {f(m['fwt'])} {m['sparsity']:8.2f} {m['wall_s']:7.1f}")
+        lines.append(f"{name:<22} {f(m['acc'])} {f(m['bwt'])} {f(m['fwt'])} {g(m['sparsity'], 8, 2)} "
+                     f"{g(m['wall_s'], 7, 1)}")
     return "\n".join(lines)
+
+
+def _stopped_before_a_task(method: str, status: str, stream) -> dict[str, Any]:
+    """The results of a method stopped before it finished its first task (it has no
+    ``metrics.json`` yet, only ``resume.pt``): its status, no task done, no numbers."""
+    return {"method": method, "status": status, "acc": None, "bwt": None, "fwt": None, "wall_s": None,
+            "sparsity": None, "tasks_done": 0, "tasks": [t.name for t in stream.tasks]}
 
 
 def run(cfg: RunConfig, echo=print, *, resume: bool = False, force: bool = False) -> dict[str, dict[str, Any]]:
@@ -300,8 +332,7 @@ def run(cfg: RunConfig, echo=print, *, resume: bool = False, force: bool = False
     except RunStopped as exc:
         status = "interrupted" if isinstance(exc, Interrupted) else "diverged"
         m = rundir.method(method).set_status(status)
-        if m is not None:
-            results[method] = m
+        results[method] = m if m is not None else _stopped_before_a_task(method, status, stream)
         rundir.write_summary(results)
         if is_main():
             if results:

@@ -1,7 +1,10 @@
 """The run directory: its layout, how it is created, written, read back and resumed.
 
 Layout (one method; a command running several methods gives each its own subdirectory
-``RUN/<method>/`` with this layout, plus ``RUN/config.toml`` and ``RUN/summary.json``)::
+``RUN/<method>/`` with this layout, plus ``RUN/config.toml`` and ``RUN/summary.json``: per
+method run or stopped so far, ``acc``, ``bwt``, ``fwt``, ``wall_s``, ``sparsity``, ``status``
+and ``tasks_done``; ``null`` numbers and ``tasks_done`` 0 for a method stopped inside its
+first task)::
 
     config.toml        everything in force (plugin options with their defaults), with a
                        header naming the versions; ``neuroplastic run config.toml`` reruns it
@@ -115,6 +118,11 @@ class MethodDir:
         """``ckpt_task<task>.pt``; the in-task checkpoint it supersedes is removed."""
         if is_main():
             save_checkpoint(self.path / checkpoint_name(task), state)
+            self.discard_in_task()
+
+    def discard_in_task(self) -> None:
+        """Remove ``resume.pt`` (superseded by a task's checkpoint)."""
+        if is_main():
             (self.path / IN_TASK).unlink(missing_ok=True)
 
     def save_in_task(self, state: dict[str, Any]) -> None:

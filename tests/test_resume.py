@@ -113,6 +113,78 @@ def test_resume_between_tasks_and_of_a_finished_run(tmp_path, one_thread):
     assert res["hlop"]["status"] == "complete" and (out / "metrics.json").read_text() == before
 
 
+class _Killed(BaseException):
+    """SIGKILL, in-process: nothing catches it and nothing more is written."""
+
+
+def _untimed(tree):
+    """``metrics.json`` without what depends on the clock (``*_s`` timings, provenance)."""
+    if isinstance(tree, dict):
+        return {k: _untimed(v) for k, v in tree.items() if not k.endswith("_s") and k != "provenance"}
+    return tree
+
+
+def test_killed_after_the_last_checkpoint_before_the_results_then_resume(tmp_path, monkeypatch, one_thread):
+    """Killed once ``ckpt_task1.pt`` (the last task's) is in place but before ``metrics.json``
+    says the run is complete: the resumed run has nothing left to train, and must still
+    write the final results (it used to keep task 0's metrics.json, "running", one row)."""
+    from neuroplastic.runfile import read_run_h5
+
+    ref = tmp_path / "ref"
+    run(tiny(ref, ["hlop"]), echo=lambda *_: None)
+    real_replace = os.replace
+    # right after the checkpoint (resume.pt not yet removed), before run.h5, before metrics.json
+    for name, when in [("ckpt_task1.pt", "after"), ("run.h5", "before"), ("metrics.json", "before")]:
+        out = tmp_path / f"cut-{name}"
+
+        def replace(src, dst, name=name, when=when):
+            d = Path(dst)  # (task 1's files: the checkpoint itself, or files written once it is there)
+            last = d.name == name and (name == "ckpt_task1.pt" or (d.parent / "ckpt_task1.pt").is_file())
+            if last and when == "before":
+                raise _Killed
+            real_replace(src, dst)
+            if last:
+                raise _Killed
+
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", replace)
+            with pytest.raises(_Killed):
+                run(tiny(out, ["hlop"]), echo=lambda *_: None)
+        assert json.loads((out / "metrics.json").read_text())["tasks_done"] == 1, name
+        res = run(tiny(out, ["hlop"]), echo=lambda *_: None, resume=True)
+        _same_run(ref, out)
+        mr, mo = (json.loads((d / "metrics.json").read_text()) for d in (ref, out))
+        assert _untimed(mo) == _untimed(mr) == _untimed(res["hlop"]), name
+        assert mo["provenance"]["started"] and mo["provenance"]["finished"]
+        h5 = read_run_h5(out / "run.h5")
+        assert h5["acc_matrix"].tolist() == mr["acc_matrix"] and h5["attrs"]["status"] == "complete"
+        assert not (out / "resume.pt").exists(), name
+
+
+def test_a_one_task_run_killed_after_its_checkpoint_resumes(tmp_path, monkeypatch, one_thread):
+    """The same with one task: no metrics.json at all yet (resuming it used to fail with a
+    KeyError traceback)."""
+    out = tmp_path / "r"
+    cfg = tiny(out, ["finetune"], epochs=1)
+    cfg.data.tasks = 1
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == "ckpt_task0.pt":
+            raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(_Killed):
+            run(cfg, echo=lambda *_: None)
+    assert not (out / "metrics.json").exists()
+    res = run(cfg, echo=lambda *_: None, resume=True)["finetune"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == res["status"] == "complete" and m["tasks_done"] == 1 and len(m["acc_matrix"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt_task0.pt", "config.toml", "metrics.json", "run.h5"]
+
+
 def test_existing_run_directory_is_refused_and_left_untouched(tmp_path, capsys):
     out = tmp_path / "r"
     run(tiny(out, ["finetune"], epochs=1), echo=lambda *_: None)
@@ -327,6 +399,37 @@ def test_a_stopped_several_method_run_writes_its_summary(tmp_path, monkeypatch, 
     s = json.loads((out / "summary.json").read_text())
     assert s["finetune"]["status"] == "complete" and s["finetune"]["tasks_done"] == 2
     assert s["ewc"]["status"] == "interrupted"
+
+
+def test_a_method_stopped_before_its_first_task_ends_is_in_the_summary(tmp_path, monkeypatch, one_thread):
+    """SIGTERM in task 0 of the second method (no metrics.json yet, only resume.pt):
+    summary.json lists it as interrupted with no task done and null metrics, with the same
+    fields as the other methods; resumed, the run completes and the summary says so."""
+    out = tmp_path / "r"
+    cfg = tiny(out, methods=("finetune", "ewc"), epochs=1)
+    with monkeypatch.context() as m:
+        orig = Trainer.train_step
+
+        def train_step(self, *a, **k):  # step 2 of the EWC run: inside its task 0 (4 steps a task)
+            loss = orig(self, *a, **k)
+            if self.global_step == 2 and "ewc" in [p.name for p in self.plugins.plugins]:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss
+
+        m.setattr(Trainer, "train_step", train_step)
+        table = []
+        with pytest.raises(Interrupted):
+            run(cfg, echo=table.append)
+    assert (out / "ewc" / "resume.pt").is_file() and not (out / "ewc" / "metrics.json").exists()
+    assert table[0].splitlines()[2].split() == ["ewc", "(interrupted,", "0/2)", *["n/a"] * 5]
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s) == ["finetune", "ewc"]
+    assert s["finetune"]["status"] == "complete" and s["finetune"]["tasks_done"] == 2
+    assert s["ewc"].keys() == s["finetune"].keys()
+    assert s["ewc"] == {k: None for k in s["finetune"]} | {"status": "interrupted", "tasks_done": 0}
+    run(cfg, resume=True, echo=lambda *_: None)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["ewc"]["status"] == "complete" and s["ewc"]["tasks_done"] == 2
 
 
 def test_a_resumed_run_keeps_its_first_start_time(tmp_path, monkeypatch, one_thread):
