@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--dt", type=float, help="time step (default: the file's)")
     s_.add_argument("--integration", choices=["exact", "euler"], help="default: the file's (euler for foreign NIR)")
     s_.add_argument("--record", default="spikes", help="observables per layer: spikes,v (default spikes)")
-    s_.add_argument("--batch", type=int, default=256, help="samples per batch (default 256)")
+    s_.add_argument("--batch", type=int, default=256,
+                    help="at most N samples per pass (default 256; fewer when a pass's records would pass 16 MB)")
     s_.add_argument("--plot", action="store_true", help="also draw the raster of sample 0 (OUT_raster.png)")
     s_.add_argument("--quiet", action="store_true", help="no progress bars")
     pl = sub.add_parser("plot", help="figures and a one-page HTML report of run directories")

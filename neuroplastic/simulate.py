@@ -384,7 +384,9 @@ def simulate(model: SNN, x, out: str | Path, *, batch: int = 256, record: Iterab
              where: str = "input", fused: bool | None = None) -> dict[str, float]:
     """Run ``model`` on ``x [T, B, ...]`` (numpy, memmap or h5py dataset) batch by batch and
     write the layout of the module doc to ``out`` atomically. Returns firing rates per layer.
-    ``fused``: as in :func:`run_batches`."""
+    ``batch``: at most this many samples per pass (fewer when one pass's records would pass
+    :data:`CHUNK_BYTES`, see :func:`_piece`; the file does not depend on it). ``fused``: as
+    in :func:`run_batches`."""
     from .io import atomic_path
 
     T, B = _check_input(x, model, where)
