@@ -62,3 +62,19 @@ def test_documented_default_is_the_default(section, key, default):
     if default is NotImplemented:
         pytest.skip("described, not a value")
     assert getattr(SECTIONS[section](), key) == default
+
+
+def test_the_embedded_default_is_the_config_defaults(tmp_path):
+    """``neuroplastic run`` with no config and a file that only names the methods run the same
+    experiment: one set of defaults (a file used to get 1 epoch of 64 where the embedded
+    default trained 2 of 32)."""
+    from dataclasses import replace
+
+    from neuroplastic.config import load_config
+    from neuroplastic.defaults import DEFAULT, default_config
+
+    f = tmp_path / "c.toml"
+    f.write_text(f"methods = {DEFAULT['methods']!r}\nout = {DEFAULT['out']!r}\n".replace("'", '"'))
+    embedded, from_file = default_config(), load_config(f)
+    assert replace(from_file, out=embedded.out) == embedded
+    assert (embedded.train.epochs, embedded.train.batch_size) == (2, 32)

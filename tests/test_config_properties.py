@@ -414,7 +414,7 @@ def test_documented_defaults():
     t = cfg.train
     assert (t.trainer, t.epochs, t.batch_size, t.lr, t.optimizer, t.momentum, t.weight_decay, t.time_steps,
             t.encoder, t.decoder, t.eval_batch_size, t.feedback) == (
-        "bptt", 1, 64, 0.01, "sgd", 0.9, 0.0, 6, "direct", "mean", 512, "symmetric")
+        "bptt", 2, 32, 0.01, "sgd", 0.9, 0.0, 6, "direct", "mean", 512, "symmetric")
 
 
 @FAST

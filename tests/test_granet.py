@@ -27,7 +27,7 @@ def make(method="granet", hidden=32, n_in=20, n_out=4, seed=0, **opts):
     torch.manual_seed(seed)
     net = mlp([n_in, hidden, n_out])
     plugins = build_plugins(method, {method: opts})
-    s = TrainSettings(lr=0.05, time_steps=3, batch_size=8)
+    s = TrainSettings(lr=0.05, time_steps=3, batch_size=8, epochs=1)
     tr = Trainer(net, make_encoder("rate", 3), s, plugins, seed=seed, quiet=True)
     return tr, plugins.plugins[0]
 

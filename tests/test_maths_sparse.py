@@ -25,7 +25,7 @@ def make(method="granet", optimizer="sgd", seed=0, sizes=(20, 32, 4), **opts):
     torch.manual_seed(seed)
     net = mlp(list(sizes))
     plugins = build_plugins(method, {method: opts})
-    s = TrainSettings(lr=0.05, momentum=0.9, time_steps=3, batch_size=8, optimizer=optimizer)
+    s = TrainSettings(lr=0.05, momentum=0.9, time_steps=3, batch_size=8, optimizer=optimizer, epochs=1)
     tr = Trainer(net, make_encoder("rate", 3), s, plugins, seed=seed, quiet=True)
     return tr, plugins.plugins[0]
 

@@ -254,7 +254,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     out = tmp_path / "r"
     cfgfile = tmp_path / "c.toml"
     cfgfile.write_text(f'methods = ["finetune"]\nout = "{out}"\ncheckpoint_every = 0.0\n[data]\ntasks = 2\n'
-                       'max_per_task = 120\n[model]\nhidden = [24]\n[train]\ntime_steps = 2\nbatch_size = 16\n')
+                       'max_per_task = 120\n[model]\nhidden = [24]\n[train]\ntime_steps = 2\nbatch_size = 16\n'
+                       'epochs = 1\n')
     orig = Trainer.train_step
 
     def train_step(self, *a, **k):  # the loss of step 11 (task 1) is NaN
