@@ -8,6 +8,10 @@
   trained on two ranks ends with the same weights, masks, HLOP subspaces, GPM bases,
   Fisher and dormant curves on both ranks (bit for bit) and within rounding of a
   1-process run with the same global batch;
+* multi-rank edges, each rank this file run as a script: ``collect_activity`` with an
+  empty shard, the sampled Fisher (not split over the ranks), GraNet's reduction of dense
+  gradients with a layer missing on one rank (and, in one process, the step GraNet collects
+  them on);
 * ``torchrun --standalone --nproc-per-node 2 -m neuroplastic run`` end to end against a
   1-process run of the same config (HLOP + GraNet + dormant monitor).
 """
@@ -20,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +150,48 @@ def test_eprop_captures_every_protected_layer_including_the_readout():
     assert net.layers["fc1"].last_input.shape == (5, 8, 20)
     z = net.layers["fc2"].last_input
     assert z.shape == (5, 8, 16) and set(z.unique().tolist()) <= {0.0, 1.0} and z.sum() > 0  # this step's spikes
+
+
+def test_granet_collects_dense_gradients_on_each_later_regrowth_step():
+    """In later tasks (``span = "first_task"``) GraNet regrows every ``update_every`` steps
+    from the dense gradient of that very step: the one it collects (and reduces over the
+    ranks) in ``before_forward``. A clock off by two (``task_step - 1``) collects on the
+    second step after each regrowth step (here: the step before the next one), and that
+    gradient is cleared after its step: regrowth finds none and regrows nothing.
+    ``update_every = 3``: with 1 or 2 the shifted clock hits the same steps."""
+    from neuroplastic.encoders import make_encoder
+    from neuroplastic.network import mlp
+    from neuroplastic.plugins import build_plugins
+    from neuroplastic.training import Trainer, TrainSettings
+
+    torch.manual_seed(0)
+    plugins = build_plugins("granet", {"granet": {"sparsity": 0.6, "unit": "step", "start": 1, "end": 2,
+                                                  "update_every": 3, "death_rate_min": 0.2}})
+    tr = Trainer(mlp([20, 16, 4]), make_encoder("rate", 3), TrainSettings(lr=0.05, time_steps=3, batch_size=8),
+                 plugins, seed=0, quiet=True)
+    p = plugins.plugins[0]
+    p.set_run_length(4, 2)
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    after_step = p.after_step
+
+    def spy():  # what the step's regrowth (if any) will see
+        seen.append((p.task_step + 1, p.dense_grad.enabled, sorted(p.dense_grad.grads)))
+        after_step()
+
+    p.after_step = spy
+    for task in (0, 1):
+        p.on_task_start(task, None)
+        for _ in range(4 if task == 0 else 7):
+            tr.train_step(torch.rand(8, 20, generator=g), torch.randint(0, 4, (8,), generator=g), None)
+    names = sorted(n for n, _ in p.layers)
+    later = seen[4:]
+    assert [s for s, on, _ in later if on] == [3, 6]  # exactly the regrowth steps of task 1
+    assert all(grads == (names if on else []) for _, on, grads in later)
+    h = p.hist
+    later_updates = [(step, n) for step, task, n in zip(h["step"], h["task"], h["regrown"]) if task == 1]
+    assert [step for step, _ in later_updates] == [4 + 3, 4 + 6]
+    assert all(n > 0 for _, n in later_updates)  # and regrew from that gradient
 
 
 # -- two processes -------------------------------------------------------------------------
@@ -279,6 +326,134 @@ def test_training_on_two_ranks(two_ranks_training, which):
     assert r0["bptt:hlop+granet+dormant"]["plugins"]["hlop"]["H"]  # and HLOP subspaces
 
 
+# -- multi-rank edges: this file run as a script spawns the 2 ranks ---------------------------
+def _edge_setup(method: str, **opts):
+    """MLP 20-16-4 (T = 3, rate input) with one plugin, and 12 random samples of 4 classes."""
+    from neuroplastic.datasets import ArrayDataset
+
+    from neuroplastic.encoders import make_encoder
+    from neuroplastic.network import mlp
+    from neuroplastic.plugins import build_plugins
+    from neuroplastic.trainers import TrainSettings, make_trainer
+
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(4)
+    ds = ArrayDataset(torch.rand(12, 20, generator=g), torch.randint(0, 4, (12,), generator=g), 4)
+    plugins = build_plugins(method, {method: opts})
+    tr = make_trainer(mlp([20, 16, 4]), make_encoder("rate", 3), TrainSettings(time_steps=3, batch_size=8),
+                      plugins, "cpu", 3, True)
+    return tr, plugins.plugins[0], ds
+
+
+def _edge_results() -> dict:
+    """What must not depend on the number of ranks (also the 1-process reference)."""
+    from neuroplastic.plugins.projection import collect_activity
+
+    out = {}
+    # collect_activity on 3 samples in minibatches of 2: the last minibatch has 1 sample,
+    # so rank 1's shard is empty there and it computes on a stand-in sample
+    tr, _, ds = _edge_setup("hlop")
+    out["activity"] = collect_activity(tr, ds, None, dict(tr.model.synapses()), 3, batch_size=2, seed=5)
+    # the sampled Fisher (labels drawn from the encoding stream after each forward pass):
+    # every rank computes every minibatch
+    tr, ewc, ds = _edge_setup("ewc", fisher="sampled", fisher_samples=7, fisher_batch_size=2)
+    ewc.on_task_start(0, None)
+    out["fisher"] = ewc.estimate_fisher(ds, None)
+    return out
+
+
+def _edge_dense_grads(rank: int) -> dict:
+    """GraNet's reduction of the dense gradients by hand: weights 1/4 (rank 0) and 3/4."""
+    tr, granet, _ = _edge_setup("granet", unit="step", start=1, end=5)
+    (a, la), (b, lb) = granet.layers
+    tr.shard_weight = [0.25, 0.75][rank]
+    out = {"names": (a, b)}
+    granet.dense_grad.grads = {a: torch.full_like(la.weight, rank + 1.0), b: torch.full_like(lb.weight, rank + 3.0)}
+    granet._reduce_dense_grads()
+    out["both"] = dict(granet.dense_grad.grads)
+    granet.dense_grad.grads = {a: torch.full_like(la.weight, rank + 1.0)}
+    if rank == 0:  # layer b only on rank 0: counts zero on rank 1
+        granet.dense_grad.grads[b] = torch.full_like(lb.weight, 4.0)
+    granet._reduce_dense_grads()
+    out["one_missing"] = dict(granet.dense_grad.grads)
+    return out
+
+
+def _edge_entry(rank: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    ref = _edge_results()  # the 1-process reference, before the group exists (on both: a warm-up)
+    if rank == 0:
+        torch.save(ref, f"{out_dir}/ref.pt")
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=2)
+    try:
+        torch.save({**_edge_results(), "dense": _edge_dense_grads(rank)}, f"{out_dir}/r{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_edges(tmp_path_factory):
+    """The edges on 2 ranks, each rank this file run as a script (~8 s); when one rank
+    fails the other is stopped rather than left waiting in a collective. Returns the
+    results of rank 0, rank 1 and the 1-process reference."""
+    out = tmp_path_factory.mktemp("ddp_edges")
+    logs = [open(out / f"stderr_r{r}.txt", "w") for r in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, __file__, str(out), str(r)], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=logs[r]) for r in (0, 1)]
+    deadline = time.monotonic() + 300
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for f in logs:
+            f.close()
+    err = "\n".join((out / f"stderr_r{r}.txt").read_text()[-3000:] for r in (0, 1))
+    assert [p.returncode for p in procs] == [0, 0], err
+    return tuple(torch.load(out / f"{n}.pt", weights_only=False) for n in ("r0", "r1", "ref"))
+
+
+def test_collect_activity_with_an_empty_shard_on_two_ranks(two_rank_edges):
+    """The last minibatch of 1 sample: rank 1 computes on the stand-in sample 0 (whose
+    input is dropped by the gather); every rank returns the 1-process inputs."""
+    r0, r1, ref = two_rank_edges
+    a0, a1, af = r0["activity"], r1["activity"], ref["activity"]
+    assert set(a0) == set(a1) == set(af) and len(af) == 2
+    for n in af:
+        assert [t.shape[1] for t in af[n]] == [2, 1]
+        assert all(torch.equal(x, y) for x, y in zip(a0[n], a1[n]))
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a0[n], af[n]))
+
+
+def test_sampled_fisher_on_two_ranks_equals_one_process(two_rank_edges):
+    """The sampled Fisher is not split over the ranks (its labels come from the encoding
+    stream, which a rank that only encoded a minibatch would leave behind)."""
+    r0, r1, ref = two_rank_edges
+    f0, f1, ff = r0["fisher"], r1["fisher"], ref["fisher"]
+    assert set(f0) == set(f1) == set(ff)
+    assert any(float(f.abs().sum()) > 0 for f in ff.values())
+    for n in ff:
+        assert torch.equal(f0[n], f1[n]) and torch.allclose(f0[n], ff[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_granet_reduces_dense_gradients_with_a_layer_missing_on_one_rank(two_rank_edges):
+    for r in two_rank_edges[:2]:
+        a, b = r["dense"]["names"]
+        both, missing = r["dense"]["both"], r["dense"]["one_missing"]
+        assert torch.allclose(both[a], torch.full_like(both[a], 0.25 * 1 + 0.75 * 2))
+        assert torch.allclose(both[b], torch.full_like(both[b], 0.25 * 3 + 0.75 * 4))
+        assert set(missing) == {a, b}
+        assert torch.allclose(missing[a], torch.full_like(missing[a], 1.75))
+        assert torch.allclose(missing[b], torch.full_like(missing[b], 0.25 * 4))  # zero from rank 1
+
+
 # -- torchrun end to end -------------------------------------------------------------------
 CONFIG = """
 methods = ["hlop+granet+dormant"]
@@ -320,3 +495,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert m2["sparsity"] == pytest.approx(m1["sparsity"], abs=1e-6) and m2["sparsity"] > 0.5
     assert m2["acc"] > 30  # it did learn (chance: 10)
     assert not list(two.rglob("*.tmp"))
+
+
+if __name__ == "__main__":  # one rank of the two_rank_edges fixture: python tests/test_distributed.py OUT_DIR RANK
+    _edge_entry(int(sys.argv[2]), sys.argv[1])
