@@ -137,6 +137,7 @@ class ModelConfig:
     readout_tau: float = 2e-3
     bias: bool = True
     recurrent: bool = False  # hidden layers with recurrent synapses (mlp, neuron lif or alif)
+    balance_init: bool = True  # scale synapses into hidden spiking layers 2, 3, ... (init_balance.py)
 
     def __post_init__(self) -> None:
         from .neurons import NEURONS
@@ -151,7 +152,7 @@ class ModelConfig:
         if self.arch == "cnn" and not self.channels:
             raise UserError("model.channels must name at least one conv layer with model.arch = cnn")
         _need_choice("model.neuron", self.neuron, [k for k, cls in NEURONS.items() if cls.spiking])
-        for key in ("bias", "recurrent"):
+        for key in ("bias", "recurrent", "balance_init"):
             if not isinstance(getattr(self, key), bool):
                 raise UserError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
         if self.recurrent and self.arch != "mlp":

@@ -124,11 +124,27 @@ def run_encoder(cfg: RunConfig, stream, model: SNN) -> _Encoded:
     return _Encoded(build_encoder(cfg, stream), _reshape_for(model, cfg))
 
 
+def balance_init(model: SNN, encoder, stream, cfg: RunConfig) -> dict[str, float]:
+    """:func:`~neuroplastic.init_balance.balance_hidden_layers` on the first minibatch of the
+    first task (dataset order; a stochastic encoder draws from a generator seeded with the run
+    seed, so the global random state is untouched). Nothing runs for one hidden layer."""
+    from neuroplastic.datasets import iterate_minibatches
+
+    from .init_balance import balance_hidden_layers, needs_balance
+
+    if not needs_balance(model):
+        return {}
+    x, _ = next(iter(iterate_minibatches(stream.tasks[0].train, cfg.train.batch_size, False, None)))
+    return balance_hidden_layers(model, encoder(x, torch.Generator().manual_seed(cfg.seed)))
+
+
 def _build(cfg: RunConfig, method: str, stream):
     """Model, plugins and trainer of one method, from the run's seed."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, stream)
     encoder = run_encoder(cfg, stream, model)
+    if cfg.model.balance_init:
+        balance_init(model, encoder, stream, cfg)
     plugins = build_plugins(method, cfg.plugins)
     return make_trainer(model, encoder, cfg.train, plugins, cfg.device, cfg.seed, cfg.quiet)
 
