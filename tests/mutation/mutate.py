@@ -89,7 +89,7 @@ MODULE_TESTS: dict[str, list[str]] = {
                                "tests/test_seeds.py"],
     "neuroplastic/plugins/granet.py": ["tests/test_maths_sparse.py", "tests/test_granet.py",
                                        "tests/test_maths_plugins_boundaries.py", "tests/test_seeds.py",
-                                       "tests/test_bad_input.py"],
+                                       "tests/test_bad_input.py", "tests/test_distributed.py"],
     "neuroplastic/continual.py": ["tests/test_config_checks.py", "tests/test_maths_runner.py", "tests/test_resume.py"],
     "neuroplastic/metrics.py": ["tests/test_maths_metrics.py", "tests/test_metrics.py"],
 }
