@@ -299,18 +299,15 @@ def run_method(cfg: RunConfig, method: str, stream, mdir: MethodDir | Path,
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """A plain-text table of ACC / BWT / FWT / time per method."""
 
-    def f(v):
-        return "   n/a" if v is None else f"{v:6.2f}"
-
-    def g(v, width: int, digits: int):  # sparsity and time: absent before a method's first task ends
+    def f(v, width: int = 6, digits: int = 2):  # None: not measured (yet)
         return f"{'n/a':>{width}}" if v is None else f"{v:{width}.{digits}f}"
 
     lines = [f"{'method':<22} {'ACC':>6} {'BWT':>6} {'FWT':>6} {'sparsity':>8} {'time s':>7}"]
     for name, m in results.items():
         if m.get("status") not in (None, "complete"):
             name = f"{name} ({m['status']}, {m.get('tasks_done', 0)}/{len(m.get('tasks', []))})"
-        lines.append(f"{name:<22} {f(m['acc'])} {f(m['bwt'])} {f(m['fwt'])} {g(m['sparsity'], 8, 2)} "
-                     f"{g(m['wall_s'], 7, 1)}")
+        lines.append(f"{name:<22} {f(m['acc'])} {f(m['bwt'])} {f(m['fwt'])} {f(m['sparsity'], 8)} "
+                     f"{f(m['wall_s'], 7, 1)}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,8 @@ default), nor is anything when :math:`\sigma_1` or :math:`\sigma_k` is zero.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .network import SNN
@@ -54,14 +56,14 @@ def needs_balance(model: SNN) -> bool:
     return len(_hidden_spiking(model)) >= 2
 
 
-def _synapse_before(model: SNN, index: int) -> torch.nn.Module | None:
-    """The nearest layer before ``index`` that has a weight (skipping pooling, flatten)."""
-    layers = list(model.layers.values())
-    for m in reversed(layers[:index]):
+def _synapse_before(model: SNN, index: int) -> tuple[str, torch.nn.Module] | None:
+    """``(name, layer)`` of the nearest layer before ``index`` that has a weight (skipping
+    pooling, flatten); None when a neuron layer comes first."""
+    for name, m in reversed(list(model.layers.items())[:index]):
         if isinstance(m, Neuron):
             return None
         if isinstance(getattr(m, "weight", None), torch.Tensor):
-            return m
+            return name, m
     return None
 
 
@@ -79,7 +81,6 @@ def balance_hidden_layers(model: SNN, x: torch.Tensor) -> dict[str, float]:
     hidden = _hidden_spiking(model)
     if len(hidden) < 2:
         return {}
-    names = {id(m): n for n, m in model.layers.items()}
     was_training = model.training
     model.eval()
     gains: dict[str, float] = {}
@@ -88,13 +89,14 @@ def balance_hidden_layers(model: SNN, x: torch.Tensor) -> dict[str, float]:
         if not ref > 0:
             return {}
         for index, name in hidden[1:]:
-            syn = _synapse_before(model, index)
-            if syn is None:
+            found = _synapse_before(model, index)
+            if found is None:
                 continue
+            syn_name, syn = found
             total = 1.0
             for _ in range(ROUNDS):  # a layer that fires responds less than linearly: repeat
                 std = _membrane_std(model, x, name)
-                if not std > 0 or not torch.isfinite(torch.tensor(std)):
+                if not (std > 0 and math.isfinite(std)):
                     break
                 g = ref / std
                 if abs(g - 1.0) < TOLERANCE:
@@ -105,7 +107,7 @@ def balance_hidden_layers(model: SNN, x: torch.Tensor) -> dict[str, float]:
                         syn.bias.mul_(g)
                 total *= g
             if total != 1.0:
-                gains[names[id(syn)]] = total
+                gains[syn_name] = total
     finally:
         model.reset()
         model.train(was_training)
